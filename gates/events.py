@@ -1,0 +1,309 @@
+"""Decoding of the wire contract's events (docs: ../shared/docs/event-contract.md).
+
+A message value is one JSON object or a JSON array of objects. A bad object never raises:
+it becomes a :class:`Rejection` with a reason, and the valid objects around it still count.
+Extra fields are ignored (the contract only grows additively).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import msgspec
+import orjson
+
+Arm = Literal["baseline", "canary", "shadow"]
+ARMS: tuple[str, ...] = ("baseline", "canary", "shadow")
+FEEDBACK_VALUES: tuple[str, ...] = ("down", "up", "ticket")
+NEGATIVE_FEEDBACK: frozenset[str] = frozenset({"down", "ticket"})
+
+
+class InferenceEvent(msgspec.Struct, frozen=True, gc=False):
+    rollout_id: str
+    arm: str
+    request_id: str
+    ts: float
+    latency_ms: float
+    output_tokens: int
+    status: str
+    refusal: bool = False
+    input_tokens: int | None = None
+    cost_usd: float | None = None
+    model: str | None = None
+    model_digest: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.status == "error"
+
+
+class FeedbackEvent(msgspec.Struct, frozen=True, gc=False):
+    rollout_id: str
+    arm: str
+    request_id: str
+    ts: float
+    value: str
+    # Additive, optional: when the producer knows it, the time of the request the feedback is
+    # about. It lets the feedback gate attribute late feedback to the right time block exactly.
+    request_ts: float | None = None
+
+    @property
+    def negative(self) -> bool:
+        return self.value in NEGATIVE_FEEDBACK
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    reason: str
+    raw: bytes
+    rollout_id: str | None = None
+
+
+Event = InferenceEvent | FeedbackEvent
+Decoded = InferenceEvent | FeedbackEvent | Rejection
+
+
+class _Wire(msgspec.Struct, gc=False):
+    """Lenient first pass: every field optional, typed loosely; checked by hand afterwards so that
+    each problem gets a precise reason instead of one generic decode error."""
+
+    type: Any = "inference"
+    rollout_id: Any = None
+    arm: Any = None
+    request_id: Any = None
+    ts: Any = None
+    latency_ms: Any = None
+    input_tokens: Any = None
+    output_tokens: Any = None
+    cost_usd: Any = None
+    status: Any = None
+    refusal: Any = False
+    model: Any = None
+    model_digest: Any = None
+    value: Any = None
+    request_ts: Any = None
+
+
+_wire_decoder = msgspec.json.Decoder(_Wire)
+_wire_list_decoder = msgspec.json.Decoder(list[_Wire])
+
+
+def parse_ts(value: Any, field: str = "ts") -> float:
+    """Epoch seconds from a number or an RFC 3339 string. Naive times are taken as UTC."""
+    if isinstance(value, bool):
+        raise ValueError(f"{field} must be a number or an RFC 3339 string, not a boolean")
+    if isinstance(value, int | float):
+        f = float(value)
+        if not math.isfinite(f) or f < 0:
+            raise ValueError(f"{field} must be a finite, non-negative epoch time")
+        return f
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{field} is not an RFC 3339 time: {value[:40]!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        return dt.timestamp()
+    raise ValueError(f"{field} is missing" if value is None else f"{field} has the wrong type")
+
+
+def _str(w: _Wire, field: str) -> str:
+    v = getattr(w, field)
+    if v is None:
+        raise ValueError(f"{field} is missing")
+    if not isinstance(v, str) or not v:
+        raise ValueError(f"{field} must be a non-empty string")
+    return v
+
+
+def _opt_str(w: _Wire, field: str) -> str | None:
+    v = getattr(w, field)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"{field} must be a string")
+    return v
+
+
+def _num(w: _Wire, field: str, *, required: bool) -> float | None:
+    v = getattr(w, field)
+    if v is None:
+        if required:
+            raise ValueError(f"{field} is missing")
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"{field} must be a number")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValueError(f"{field} must be finite")
+    if f < 0:
+        raise ValueError(f"{field} must be >= 0")
+    return f
+
+
+def _int(w: _Wire, field: str, *, required: bool) -> int | None:
+    v = getattr(w, field)
+    if v is None:
+        if required:
+            raise ValueError(f"{field} is missing")
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise ValueError(f"{field} must be an integer")
+    if v < 0:
+        raise ValueError(f"{field} must be >= 0")
+    return int(v)
+
+
+def from_wire(w: _Wire) -> Event:
+    """Validate one loosely-decoded object; raises ValueError with the reason."""
+    kind = w.type
+    rollout_id = _str(w, "rollout_id")
+    arm = w.arm
+    if arm is None:
+        raise ValueError("arm is missing")
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of baseline, canary, shadow, not {str(arm)[:20]!r}")
+    request_id = _str(w, "request_id")
+    ts = parse_ts(w.ts)
+    if kind == "inference":
+        status = w.status
+        if status is None:
+            raise ValueError("status is missing")
+        if status not in ("ok", "error"):
+            raise ValueError(f"status must be 'ok' or 'error', not {str(status)[:20]!r}")
+        refusal = w.refusal
+        if refusal is None:
+            refusal = False
+        if not isinstance(refusal, bool):
+            raise ValueError("refusal must be a boolean")
+        latency = _num(w, "latency_ms", required=True)
+        out_tokens = _int(w, "output_tokens", required=True)
+        assert latency is not None and out_tokens is not None
+        return InferenceEvent(
+            rollout_id=rollout_id,
+            arm=arm,
+            request_id=request_id,
+            ts=ts,
+            latency_ms=latency,
+            output_tokens=out_tokens,
+            status=status,
+            refusal=refusal,
+            input_tokens=_int(w, "input_tokens", required=False),
+            cost_usd=_num(w, "cost_usd", required=False),
+            model=_opt_str(w, "model"),
+            model_digest=_opt_str(w, "model_digest"),
+        )
+    if kind == "feedback":
+        value = w.value
+        if value is None:
+            raise ValueError("value is missing")
+        if value not in FEEDBACK_VALUES:
+            raise ValueError(f"value must be one of down, up, ticket, not {str(value)[:20]!r}")
+        request_ts = None if w.request_ts is None else parse_ts(w.request_ts, "request_ts")
+        return FeedbackEvent(
+            rollout_id=rollout_id, arm=arm, request_id=request_id, ts=ts, value=value, request_ts=request_ts
+        )
+    raise ValueError(f"type must be 'inference' or 'feedback', not {str(kind)[:20]!r}")
+
+
+def _rejection(reason: str, obj: Any, raw: bytes | None = None) -> Rejection:
+    rid = None
+    if isinstance(obj, _Wire) and isinstance(obj.rollout_id, str):
+        rid = obj.rollout_id
+    elif isinstance(obj, dict) and isinstance(obj.get("rollout_id"), str):
+        rid = obj["rollout_id"]
+    if raw is None:
+        try:
+            raw = msgspec.json.encode(obj)
+        except Exception:  # pragma: no cover - msgspec encodes anything it decoded
+            raw = b""
+    return Rejection(reason=reason, raw=raw, rollout_id=rid)
+
+
+def _one(w: _Wire, raw: bytes | None = None) -> Decoded:
+    try:
+        return from_wire(w)
+    except ValueError as exc:
+        return _rejection(str(exc), w, raw)
+
+
+def decode_message(raw: bytes) -> list[Decoded]:
+    """Decode one Kafka message value: a JSON object or a JSON array of objects."""
+    head = raw.lstrip()[:1]
+    try:
+        if head == b"[":
+            out = [_one(w) for w in _wire_list_decoder.decode(raw)]
+            if any(type(d) is Rejection for d in out):
+                return _decode_slow(raw)  # to keep each bad element's original JSON
+            return out
+        if head == b"{":
+            return [_one(_wire_decoder.decode(raw), raw)]
+    except msgspec.ValidationError:
+        pass  # an element is not an object, or a field has a type msgspec refuses: go slow
+    except msgspec.DecodeError as exc:
+        return [Rejection(reason=f"not valid JSON: {exc}", raw=raw)]
+    return _decode_slow(raw)
+
+
+def _decode_slow(raw: bytes) -> list[Decoded]:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [Rejection(reason=f"not valid JSON: {exc}", raw=raw)]
+    items = obj if isinstance(obj, list) else [obj]
+    out: list[Decoded] = []
+    for item in items:
+        if not isinstance(item, dict):
+            out.append(_rejection("event must be a JSON object", item))
+            continue
+        try:
+            w = msgspec.convert(item, _Wire)
+        except msgspec.ValidationError as exc:  # pragma: no cover - _Wire accepts Any
+            out.append(_rejection(str(exc), item))
+            continue
+        out.append(_one(w, orjson.dumps(item)))
+    return out
+
+
+def decode_lines(lines: list[bytes]) -> list[Decoded]:
+    """Decode JSONL lines (one event per line); blank lines are skipped."""
+    out: list[Decoded] = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if line[:1] != b"{":
+            out.append(Rejection(reason="line is not a JSON object", raw=line))
+            continue
+        try:
+            out.append(_one(_wire_decoder.decode(line), line))
+        except msgspec.DecodeError as exc:
+            out.extend(_decode_slow(line) if isinstance(exc, msgspec.ValidationError) else
+                       [Rejection(reason=f"not valid JSON: {exc}", raw=line)])
+    return out
+
+
+def encode_event(event: Event) -> bytes:
+    """The contract's JSON for an event (fields left at None are omitted)."""
+    d = msgspec.structs.asdict(event)
+    d = {k: v for k, v in d.items() if v is not None}
+    if isinstance(event, FeedbackEvent):
+        d["type"] = "feedback"
+    return orjson.dumps(d)
+
+
+def reason_code(reason: str) -> str:
+    """A low-cardinality label for metrics, e.g. ``latency_ms_invalid`` or ``arm_missing``."""
+    if reason.startswith("not valid JSON"):
+        return "invalid_json"
+    if "JSON object" in reason:
+        return "not_an_object"
+    head = reason.split(" ", 1)[0]
+    if not head.isidentifier():
+        return "invalid"
+    return f"{head}_missing" if reason.endswith(" is missing") else f"{head}_invalid"
