@@ -105,6 +105,13 @@ class RolloutPolicy(_Spec):
     false_halt_budget: float = Field(
         0.05, gt=0, lt=0.5, description="per-gate error probability at the threshold, over all looks"
     )
+    promote_risk: float = Field(
+        0.2,
+        gt=0,
+        lt=0.5,
+        description="per-gate chance of passing a canary whose true ratio sits at the limit; a wrong "
+        "promote is re-checked at the next, larger step",
+    )
     cs_rho_blocks: float = Field(
         8.0, gt=0, description="confidence-sequence tuning: the boundary is tightest near this many blocks"
     )

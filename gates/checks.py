@@ -1,0 +1,361 @@
+"""The five gates: each compares the tested arm (canary or shadow) with the concurrent baseline
+over the step's window and returns a verdict with its evidence and one sentence.
+
+Breach uses the halt confidence (``z_halt``), pass the promote confidence (``z_promote``): a
+wrong promote is caught at the next, larger step, a wrong halt throws away a good model.
+``lower`` in a result is the halt-confidence lower bound, ``upper`` the promote-confidence
+upper bound, so that each verdict can be read off its own numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gates import sketch
+from gates.decision import GateResult
+from gates.policy import RolloutPolicy
+from gates.stats import RatioEstimate, block_proportion, design_effect, ratio_of_means
+from gates.window import Window, columns
+
+FIELDS = (
+    "n", "bad", "cost_n", "cost", "cost_sq", "tok", "tok_sq",
+    "lat_k", "lat_k_sq", "len_k", "len_k_sq", "neg_fb", "fb",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Ctx:
+    w: Window
+    arm: str
+    p: RolloutPolicy
+    z_halt: float
+    z_promote: float
+    cols_t: dict[str, Any]
+    cols_b: dict[str, Any]
+
+    @property
+    def n_test(self) -> int:
+        return int(self.cols_t["n"].sum())
+
+    @property
+    def n_base(self) -> int:
+        return int(self.cols_b["n"].sum())
+
+    def samples(self, test: int | None = None, base: int | None = None) -> dict[str, int]:
+        return {
+            self.arm: self.n_test if test is None else test,
+            "baseline": self.n_base if base is None else base,
+        }
+
+
+def make_ctx(w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float) -> Ctx:
+    return Ctx(w, arm, p, z_halt, z_promote, columns(w, arm, FIELDS), columns(w, "baseline", FIELDS))
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return float(f"{x:.{nd}g}")
+
+
+def _fmt_n(c: Ctx, samples: dict[str, int]) -> str:
+    return f"on {samples[c.arm]:,} {c.arm} and {samples['baseline']:,} baseline requests"
+
+
+def _ratio_verdict(
+    c: Ctx,
+    name: str,
+    what: str,
+    est_h: RatioEstimate | None,
+    est_p: RatioEstimate | None,
+    limit: float,
+    samples: dict[str, int],
+    *,
+    two_sided: bool = False,
+    details: dict[str, Any] | None = None,
+) -> GateResult:
+    details = details or {}
+    if est_h is None or est_p is None:
+        return GateResult(
+            name, "insufficient", None, None, None, limit, samples,
+            reason=f"{what}: no {c.arm} data yet" if samples[c.arm] == 0 else f"{what}: no baseline to compare",
+            details=details,
+        )  # fmt: skip
+    lo_limit = 1.0 / limit
+    breach_hi = est_h.lower > limit
+    breach_lo = two_sided and est_h.upper < lo_limit
+    passes = est_p.upper < limit and (not two_sided or est_p.lower > lo_limit)
+    conf_h = 100 * (1 - c.p.false_halt_budget)
+    if breach_hi or breach_lo:
+        status = "breach"
+        if breach_hi:
+            txt = (f"{what} is {est_h.ratio:.2f}x baseline (at least {est_h.lower:.2f}x at {conf_h:g}% "
+                   f"confidence), above the {limit:g}x limit")  # fmt: skip
+        else:
+            txt = (f"{what} is {est_h.ratio:.2f}x baseline (at most {est_h.upper:.2f}x at {conf_h:g}% "
+                   f"confidence), below the {lo_limit:.2f}x limit")  # fmt: skip
+    elif passes:
+        status = "pass"
+        band = f"{est_p.lower:.2f}-{est_p.upper:.2f}x" if two_sided else f"at most {est_p.upper:.2f}x"
+        txt = f"{what} is {est_h.ratio:.2f}x baseline ({band}), within the {limit:g}x limit"
+    else:
+        status = "insufficient"
+        txt = (f"{what} is {est_h.ratio:.2f}x baseline; its bounds {est_h.lower:.2f}-{est_p.upper:.2f}x "
+               f"still straddle the {limit:g}x limit")  # fmt: skip
+    lower = est_h.lower if not breach_lo else est_h.upper
+    return GateResult(
+        name=name,
+        status=status,
+        observed=_r(est_h.canary),
+        baseline=_r(est_h.baseline),
+        ratio=_r(est_h.ratio),
+        threshold=limit,
+        samples=samples,
+        lower=_r(lower),
+        upper=_r(est_p.upper),
+        reason=f"{txt}, {_fmt_n(c, samples)}",
+        details=details,
+    )
+
+
+def cost_gate(c: Ctx) -> GateResult:
+    g = c.p.gates.cost
+    t, b = c.cols_t, c.cols_b
+    samples = c.samples(int(t["cost_n"].sum()), int(b["cost_n"].sum()))
+    args = (t["cost"], t["cost_n"], float(t["cost_sq"].sum()), b["cost"], b["cost_n"], float(b["cost_sq"].sum()))
+    est_h = ratio_of_means(*args, z=c.z_halt)
+    est_p = ratio_of_means(*args, z=c.z_promote)
+    res = _ratio_verdict(c, "cost", "cost per request", est_h, est_p, g.max_ratio, samples)
+    if est_h is not None:
+        unit = 1e-9
+        return msgspec_replace(res, observed=_r(est_h.canary * unit), baseline=_r(est_h.baseline * unit))
+    if samples[c.arm] == 0 and c.n_test > 0:
+        return msgspec_replace(
+            res, reason="cost per request: no event has cost_usd and the policy has no price for its model"
+        )
+    return res
+
+
+def error_gate(c: Ctx) -> GateResult:
+    g = c.p.gates.errors
+    t, b = c.cols_t, c.cols_b
+    args = (t["bad"], t["n"], 0.0, b["bad"], b["n"], 0.0)
+    est_h = ratio_of_means(*args, z=c.z_halt, smooth=g.min_rate, binary=True)
+    est_p = ratio_of_means(*args, z=c.z_promote, smooth=g.min_rate, binary=True)
+    return _ratio_verdict(c, "errors", "error+refusal rate", est_h, est_p, g.max_ratio, c.samples())
+
+
+def feedback_gate(c: Ctx) -> GateResult:
+    g = c.p.gates.feedback
+    t, b = c.cols_t, c.cols_b
+    args = (t["neg_fb"], t["n"], 0.0, b["neg_fb"], b["n"], 0.0)
+    est_h = ratio_of_means(*args, z=c.z_halt, smooth=g.min_rate, binary=True)
+    est_p = ratio_of_means(*args, z=c.z_promote, smooth=g.min_rate, binary=True)
+    details = {"negative_feedback": {c.arm: int(t["neg_fb"].sum()), "baseline": int(b["neg_fb"].sum())}}
+    return _ratio_verdict(
+        c, "feedback", "negative-feedback rate", est_h, est_p, g.max_ratio, c.samples(), details=details
+    )
+
+
+@dataclass(frozen=True)
+class _Tail:
+    """Is the tested arm's q-quantile above ``ratio`` x the baseline's? Tested as: is the share
+    of tested requests above ratio x (baseline q-quantile) more than 1-q? The baseline quantile's
+    own uncertainty (order-statistic bounds, widened by its design effect) is taken against us."""
+
+    status: str
+    observed: float | None
+    base: float | None
+    ratio: float | None
+    lower: float | None
+    upper: float | None
+
+
+def _quantile_bounds(store: dict[int, int], q: float, z: float, deff: float) -> tuple[float, float, float] | None:
+    n = sketch.total(store)
+    if n == 0:
+        return None
+    keys = np.array(sorted(store), dtype=np.int64)
+    counts = np.array([store[k] for k in keys.tolist()], dtype=np.int64)
+    half = z * math.sqrt(n * q * (1 - q) * deff)
+    mid = sketch.value_at_rank(keys, counts, q * (n - 1))
+    lo = sketch.value_at_rank(keys, counts, q * (n - 1) - half)
+    hi = sketch.value_at_rank(keys, counts, q * (n - 1) + half)
+    if q * (n - 1) + half > n - 1:
+        hi = math.inf  # too few samples to bound the quantile from above
+    if q * (n - 1) - half < 0:
+        lo = 0.0
+    return mid, lo, hi
+
+
+def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool = True) -> _Tail:
+    """upper_side: breach when tested quantile > limit x baseline; else when < baseline / limit."""
+    t_rows = c.cols_t["_rows"]
+    b_store = getattr(c.w, metric).get("baseline", {})
+    t_store = getattr(c.w, metric).get(c.arm, {})
+    k_field = "lat_k" if metric == "lat" else "len_k"
+    deff_b = design_effect(c.cols_b[k_field], c.cols_b["n"], float(c.cols_b[k_field + "_sq"].sum()))
+    deff_t = design_effect(c.cols_t[k_field], c.cols_t["n"], float(c.cols_t[k_field + "_sq"].sum()))
+    qb_h = _quantile_bounds(b_store, q, c.z_halt, deff_b)
+    qb_p = _quantile_bounds(b_store, q, c.z_promote, deff_b)
+    qt = _quantile_bounds(t_store, q, c.z_halt, deff_t)
+    qt_p = _quantile_bounds(t_store, q, c.z_promote, deff_t)
+    if qb_h is None or qt is None or qb_p is None or qt_p is None or qb_h[0] <= 0:
+        return _Tail("insufficient", None if qt is None else qt[0], None if qb_h is None else qb_h[0],
+                     None, None, None)  # fmt: skip
+    n_blocks = np.array([r.n for r in t_rows], dtype=np.float64)
+    p0 = 1.0 - q
+
+    def share_above(threshold: float, z: float) -> tuple[float, float, float]:
+        if not math.isfinite(threshold):
+            return 0.0, 0.0, 0.0
+        k = np.array(
+            [0 if getattr(r, metric) is None else sketch.count_above(getattr(r, metric), threshold) for r in t_rows],
+            dtype=np.float64,
+        )
+        pr = block_proportion(k, n_blocks, z=z)
+        return pr.p, pr.lower, pr.upper
+
+    ratio = qt[0] / qb_h[0]
+    if upper_side:
+        # breach: even against the largest plausible baseline quantile, too many are above limit x it
+        _, lo_h, _ = share_above(limit * qb_h[2], c.z_halt)
+        _, _, hi_p = share_above(limit * qb_p[1], c.z_promote)
+        breach = lo_h > p0
+        passes = hi_p < p0
+        lower = qt[1] / qb_h[2] if math.isfinite(qb_h[2]) and qb_h[2] > 0 else 0.0
+        upper = qt_p[2] / qb_p[1] if qb_p[1] > 0 else math.inf
+    else:
+        # breach (too short a tail): even against the smallest plausible baseline quantile, too few
+        # are above it / limit
+        _, _, hi_h = share_above(qb_h[1] / limit, c.z_halt)
+        _, lo_p, _ = share_above(qb_p[2] / limit, c.z_promote)
+        breach = hi_h < p0
+        passes = lo_p > p0
+        lower = qt[1] / qb_h[2] if math.isfinite(qb_h[2]) and qb_h[2] > 0 else 0.0
+        upper = qt_p[2] / qb_p[1] if qb_p[1] > 0 else math.inf
+    status = "breach" if breach else "pass" if passes else "insufficient"
+    return _Tail(status, qt[0], qb_h[0], ratio, lower, upper)
+
+
+def latency_gate(c: Ctx) -> GateResult:
+    g = c.p.gates.latency
+    tail = _tail_check(c, "lat", g.quantile, g.max_ratio)
+    qname = f"P{g.quantile * 100:g}"
+    details: dict[str, Any] = {}
+    for q in (0.5, 0.95):
+        vt = sketch.quantile(c.w.lat.get(c.arm, {}), q)
+        vb = sketch.quantile(c.w.lat.get("baseline", {}), q)
+        details[f"p{q * 100:g}"] = {
+            c.arm: _r(vt), "baseline": _r(vb), "ratio": _r(vt / vb) if vt is not None and vb else None
+        }
+    samples = c.samples()
+    if tail.ratio is None:
+        reason = f"{qname} latency: not enough {c.arm} or baseline requests yet, {_fmt_n(c, samples)}"
+    else:
+        verb = {"breach": "above", "pass": "within", "insufficient": "not yet provably within"}[tail.status]
+        reason = (f"{qname} latency is {tail.ratio:.2f}x baseline ({tail.observed:.0f} vs {tail.base:.0f} ms), "
+                  f"{verb} the {g.max_ratio:g}x limit, {_fmt_n(c, samples)}")  # fmt: skip
+    return GateResult(
+        "latency", tail.status, _r(tail.observed), _r(tail.base), _r(tail.ratio), g.max_ratio, samples,
+        lower=_r(tail.lower), upper=_r(tail.upper), reason=reason, details=details,
+    )  # fmt: skip
+
+
+def length_gate(c: Ctx) -> GateResult:
+    """Output length: mean (two-sided), P99 (two-sided) and shape (Kolmogorov-Smirnov)."""
+    g = c.p.gates.output_length
+    t, b = c.cols_t, c.cols_b
+    samples = c.samples()
+    args = (t["tok"], t["n"], float(t["tok_sq"].sum()), b["tok"], b["n"], float(b["tok_sq"].sum()))
+    mean = _ratio_verdict(
+        c, "output_length", "mean output length", ratio_of_means(*args, z=c.z_halt),
+        ratio_of_means(*args, z=c.z_promote), g.mean_ratio, samples, two_sided=True,
+    )  # fmt: skip
+    hi = _tail_check(c, "len", 0.99, g.p99_ratio, upper_side=True)
+    lo = _tail_check(c, "len", 0.99, g.p99_ratio, upper_side=False)
+    p99_status = "breach" if "breach" in (hi.status, lo.status) else (
+        "pass" if hi.status == lo.status == "pass" else "insufficient")  # fmt: skip
+    # shape: KS distance, with its sampling error on effective sizes (design effect of log length)
+    ta, ba = c.w.len.get(c.arm, {}), c.w.len.get("baseline", {})
+    nt, nb = sketch.total(ta), sketch.total(ba)
+    d = sketch.cdf_distance(ta, ba)
+    if nt and nb:
+        deff_t = design_effect(t["len_k"], t["n"], float(t["len_k_sq"].sum()))
+        deff_b = design_effect(b["len_k"], b["n"], float(b["len_k_sq"].sum()))
+        spread = math.sqrt(deff_t / nt + deff_b / nb) / 2.0
+        # DKW: P(sup|F_n - F| > eps) <= 2 exp(-2 n eps^2); z/2 per unit sqrt(1/n) matches the
+        # normal bound's tail, and the confidence-sequence z carries the many looks.
+        shape_status = ("breach" if d - c.z_halt * spread > g.max_shape_distance else
+                        "pass" if d + c.z_promote * spread < g.max_shape_distance else "insufficient")  # fmt: skip
+    else:
+        shape_status = "insufficient"
+        spread = math.inf
+    details = {
+        "mean": {"status": mean.status, "ratio": mean.ratio, "lower": mean.lower, "upper": mean.upper,
+                 "limit": g.mean_ratio},
+        "p99": {"status": p99_status, "ratio": _r(hi.ratio), "observed": _r(hi.observed), "baseline": _r(hi.base),
+                "limit": g.p99_ratio},
+        "shape": {"status": shape_status, "ks_distance": _r(d), "limit": g.max_shape_distance,
+                  "lower": _r(max(d - c.z_halt * spread, 0.0)) if math.isfinite(spread) else None},
+    }  # fmt: skip
+    statuses = {"mean": mean.status, "p99": p99_status, "shape": shape_status}
+    if "breach" in statuses.values():
+        which = next(k for k, v in statuses.items() if v == "breach")
+        status = "breach"
+    elif all(v == "pass" for v in statuses.values()):
+        which, status = "mean", "pass"
+    else:
+        which = next(k for k, v in statuses.items() if v == "insufficient")
+        status = "insufficient"
+    if which == "mean":
+        return msgspec_replace(mean, status=status, details=details, reason=mean.reason if status != "pass" else
+                               f"output length matches baseline: mean {mean.ratio}x, P99 {_r(hi.ratio)}x, "
+                               f"KS distance {d:.3f}, {_fmt_n(c, samples)}")  # fmt: skip
+    if which == "p99":
+        side = hi if hi.status != "pass" or lo.status == "pass" else lo
+        if lo.status == "breach":
+            side = lo
+        reason = (f"P99 output length is {side.ratio or float('nan'):.2f}x baseline "
+                  f"({'breach of' if status == 'breach' else 'not yet provably within'} the "
+                  f"{g.p99_ratio:g}x band), {_fmt_n(c, samples)}")  # fmt: skip
+        return GateResult(
+            "output_length", status, _r(side.observed), _r(side.base), _r(side.ratio), g.p99_ratio, samples,
+            lower=_r(side.lower), upper=_r(side.upper), reason=reason, details=details,
+        )  # fmt: skip
+    reason = (f"output-length distribution differs from baseline: KS distance {d:.3f} vs the "
+              f"{g.max_shape_distance:g} limit ({'breach' if status == 'breach' else 'inconclusive'}; "
+              f"mean ratio {mean.ratio}x), {_fmt_n(c, samples)}")  # fmt: skip
+    return GateResult(
+        "output_length", status, _r(d), 0.0, _r(d), g.max_shape_distance, samples,
+        lower=details["shape"]["lower"], upper=_r(d + c.z_promote * spread) if math.isfinite(spread) else None,
+        reason=reason, details=details,
+    )  # fmt: skip
+
+
+def msgspec_replace(res: GateResult, **changes: Any) -> GateResult:
+    import msgspec
+
+    return msgspec.structs.replace(res, **changes)
+
+
+def evaluate_gates(
+    w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float, *, feedback: bool
+) -> list[GateResult]:
+    c = make_ctx(w, arm, p, z_halt, z_promote)
+    out: list[GateResult] = []
+    if p.gates.latency.enabled:
+        out.append(latency_gate(c))
+    if p.gates.cost.enabled:
+        out.append(cost_gate(c))
+    if p.gates.errors.enabled:
+        out.append(error_gate(c))
+    if p.gates.output_length.enabled:
+        out.append(length_gate(c))
+    if feedback and p.gates.feedback.enabled:
+        out.append(feedback_gate(c))
+    return out

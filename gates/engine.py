@@ -1,0 +1,440 @@
+"""The gate engine: events in, state and decisions out. Pure and deterministic.
+
+Time is event time only. Gates are evaluated at fixed event-time ticks (``eval_seconds``) as
+events cross them, so the decisions depend on the sequence of events and not on how they were
+batched: a replay of a log and the live worker give the same decisions. Aggregates are integers,
+so the state does not depend on batching either.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+
+from gates import window as win
+from gates.checks import evaluate_gates
+from gates.commands import Command
+from gates.decision import Decision, GateResult
+from gates.drift import Detectors, DriftState, canary_onset
+from gates.events import Event, FeedbackEvent, InferenceEvent
+from gates.policy import PolicySet, RolloutPolicy
+from gates.stats import cs_z
+
+SHADOW = "shadow"
+COMPLETE = "complete"
+ROLLED_BACK = "rolled-back"
+STATE_VERSION = 1
+
+
+def stage_name(weight: float) -> str:
+    return f"canary-{weight:g}"
+
+
+class RolloutState(msgspec.Struct):
+    rollout_id: str
+    stage: str
+    weight: float
+    step_index: int  # -1 while in shadow
+    step_start: float
+    window: win.Window
+    seq: int = 0
+    watermark: float = -math.inf
+    next_eval: float = -math.inf
+    paused: bool = False
+    terminal: bool = False
+    held: bool = False  # a max-step-time hold was already emitted for this step
+    baseline_digest: str | None = None
+    canary_digest: str | None = None
+    offsets: dict[str, int] = {}
+    last_gates: list[GateResult] = []
+    drift: DriftState = msgspec.field(default_factory=DriftState)
+    events: dict[str, int] = {}
+    ignored: int = 0  # events after the rollout ended
+    version: int = STATE_VERSION
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(RolloutState)
+
+
+@dataclass
+class RolloutStatus:
+    rollout_id: str
+    stage: str
+    weight: float
+    paused: bool
+    terminal: bool
+    seq: int
+    gates: list[GateResult]
+    samples: dict[str, int]
+    watermark: float
+    drift_alarms: dict[str, int]
+    events: dict[str, int]
+
+
+@dataclass
+class _Pending:
+    inference: dict[str, list[InferenceEvent]] = field(default_factory=dict)
+    feedback: dict[str, list[FeedbackEvent]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.inference or self.feedback)
+
+
+class Engine:
+    def __init__(self, policy: PolicySet | None = None) -> None:
+        self.policy_set = policy or PolicySet()
+        self._states: dict[str, RolloutState] = {}
+        self._policies: dict[str, RolloutPolicy] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._detectors: dict[str, Detectors] = {}
+        self._dirty: set[str] = set()
+
+    # ---- queries ---------------------------------------------------------------------------
+    def rollout_ids(self) -> list[str]:
+        return sorted(self._states)
+
+    def dirty(self) -> set[str]:
+        return set(self._dirty)
+
+    def clear_dirty(self) -> None:
+        self._dirty.clear()
+
+    def policy(self, rollout_id: str) -> RolloutPolicy:
+        p = self._policies.get(rollout_id)
+        if p is None:
+            p = self._policies[rollout_id] = self.policy_set.for_rollout(rollout_id)
+        return p
+
+    def status(self, rollout_id: str) -> RolloutStatus:
+        st = self._states[rollout_id]
+        self._flush(st)
+        arm = SHADOW if st.stage == SHADOW else "canary"
+        samples = {a: sum(b[a].n for b in st.window.blocks.values() if a in b) for a in ("baseline", arm)}
+        return RolloutStatus(
+            rollout_id=rollout_id, stage=st.stage, weight=st.weight, paused=st.paused, terminal=st.terminal,
+            seq=st.seq, gates=list(st.last_gates), samples=samples, watermark=st.watermark,
+            drift_alarms=dict(st.drift.alarms), events=dict(st.events),
+        )  # fmt: skip
+
+    # ---- state as a value ------------------------------------------------------------------
+    def snapshot(self, rollout_id: str) -> bytes:
+        st = self._states[rollout_id]
+        self._flush(st)
+        det = self._detectors.get(rollout_id)
+        if det is not None:
+            det.dump()
+        return _encoder.encode(st)
+
+    def restore(self, rollout_id: str, blob: bytes) -> None:
+        st = _decoder.decode(blob)
+        if st.rollout_id != rollout_id:
+            raise ValueError(f"snapshot is for rollout {st.rollout_id!r}, not {rollout_id!r}")
+        self._states[rollout_id] = st
+        self._pending.pop(rollout_id, None)
+        self._detectors.pop(rollout_id, None)
+
+    # ---- inputs ----------------------------------------------------------------------------
+    def ingest(
+        self, events: Sequence[Event] | Iterable[Event], source: str | None = None, offset: int | None = None
+    ) -> list[Decision]:
+        """Fold events in order; returns the decisions taken at the event-time ticks they cross.
+
+        With ``source``/``offset`` (one Kafka message), a rollout that already holds this offset
+        for the source skips the events: they were counted before a restart."""
+        out: list[Decision] = []
+        touched: list[RolloutState] = []
+        for e in events:
+            st = self._states.get(e.rollout_id)
+            if st is None:
+                st, started = self._create(e.rollout_id, e.ts)
+                if started is not None:
+                    out.append(started)
+            if source is not None and offset is not None:
+                if st.offsets.get(source, -1) >= offset:
+                    continue
+                touched.append(st)
+            self._dirty.add(st.rollout_id)
+            st.events[e.arm] = st.events.get(e.arm, 0) + 1
+            if st.terminal:
+                st.ignored += 1
+                continue
+            pend = self._pending.get(st.rollout_id)
+            if pend is None:
+                pend = self._pending[st.rollout_id] = _Pending()
+            if type(e) is InferenceEvent:
+                pend.inference.setdefault(e.arm, []).append(e)
+                if e.model_digest is not None:
+                    if e.arm == "baseline":
+                        st.baseline_digest = st.baseline_digest or e.model_digest
+                    else:
+                        st.canary_digest = st.canary_digest or e.model_digest
+            else:
+                pend.feedback.setdefault(e.arm, []).append(e)  # type: ignore[arg-type]
+            if e.ts > st.watermark:
+                st.watermark = e.ts
+            if e.ts >= st.next_eval:
+                d = self._evaluate(st, e.ts)
+                if d is not None:
+                    out.append(d)
+        if source is not None and offset is not None:
+            for st in touched:
+                st.offsets[source] = offset
+        return out
+
+    def command(self, cmd: Command, source: str | None = None, offset: int | None = None) -> list[Decision]:
+        out: list[Decision] = []
+        st = self._states.get(cmd.rollout_id)
+        if st is None:
+            st, started = self._create(cmd.rollout_id, cmd.ts)
+            if started is not None:
+                out.append(started)
+        if source is not None and offset is not None:
+            if st.offsets.get(source, -1) >= offset:
+                return out
+            st.offsets[source] = offset
+        self._dirty.add(st.rollout_id)
+        if st.terminal:
+            return out
+        self._flush(st)
+        who = f"{cmd.actor}" + (f": {cmd.reason}" if cmd.reason else "")
+        if cmd.action == "pause":
+            if not st.paused:
+                st.paused = True
+                out.append(self._decide(st, cmd.ts, "hold", f"Paused by {who}; holding at {st.weight:g}%.",
+                                        trigger="operator"))  # fmt: skip
+        elif cmd.action == "resume":
+            st.paused = False
+        elif cmd.action == "rollback":
+            out.append(self._halt(st, cmd.ts, f"Rolled back by {who}.", trigger="operator"))
+        elif cmd.action == "promote":
+            st.paused = False
+            out.append(self._promote(st, cmd.ts, f"Promoted by {who}", trigger="operator"))
+        return out
+
+    def tick(self, now: float) -> list[Decision]:
+        """Idle rollouts: a step past its maximum time gets its hold even with no new events."""
+        out: list[Decision] = []
+        for st in self._states.values():
+            if st.terminal or st.held:
+                continue
+            p = self.policy(st.rollout_id)
+            max_s = p.shadow.max_seconds if st.stage == SHADOW else p.max_step_seconds
+            if now - st.step_start > max_s and now - st.watermark > p.eval_seconds:
+                self._flush(st)
+                out.append(self._hold_timeout(st, now, max_s))
+        return out
+
+    # ---- internals -------------------------------------------------------------------------
+    def _create(self, rollout_id: str, ts: float) -> tuple[RolloutState, Decision | None]:
+        p = self.policy(rollout_id)
+        shadow = p.shadow.enabled
+        weight = 0.0 if shadow else p.steps[0]
+        st = RolloutState(
+            rollout_id=rollout_id,
+            stage=SHADOW if shadow else stage_name(weight),
+            weight=weight,
+            step_index=-1 if shadow else 0,
+            step_start=ts,
+            window=win.Window(start=ts, block_seconds=p.block_seconds),
+        )
+        self._states[rollout_id] = st
+        self._dirty.add(rollout_id)
+        if shadow:
+            return st, None
+        if weight >= 100:
+            st.stage, st.terminal = COMPLETE, True
+        d = self._decide(st, ts, "complete" if st.terminal else "promote",
+                         f"Rollout started at {weight:g}% canary traffic.", previous_weight=0.0, trigger="start")  # fmt: skip
+        return st, d
+
+    def _flush(self, st: RolloutState) -> None:
+        pend = self._pending.pop(st.rollout_id, None)
+        if not pend:
+            return
+        w = st.window
+        p = self.policy(st.rollout_id)
+        det = self._detectors.get(st.rollout_id)
+        if det is None:
+            det = self._detectors[st.rollout_id] = Detectors(st.drift)
+        for arm, evs in pend.inference.items():
+            n = len(evs)
+            ts = np.fromiter((e.ts for e in evs), np.float64, n)
+            lat = np.fromiter((e.latency_ms for e in evs), np.float64, n)
+            tok = np.fromiter((e.output_tokens for e in evs), np.int64, n)
+            err = np.fromiter((e.status == "error" for e in evs), np.int64, n)
+            ref = np.fromiter((e.refusal for e in evs), np.int64, n)
+            cost = np.fromiter((_cost(e, p) for e in evs), np.float64, n)
+            win.add_inference(
+                w, arm, ts, lat, tok, np.maximum(err, ref), err, ref, cost, keep_block_sketches=arm != "baseline"
+            )
+            det.feed(arm, float(ts.max()), tok, ref)
+        for arm, fbs in pend.feedback.items():
+            n = len(fbs)
+            delay = p.gates.feedback.assumed_delay_seconds
+            rts = np.fromiter((e.request_ts if e.request_ts is not None else e.ts - delay for e in fbs), np.float64, n)
+            neg = np.fromiter((e.negative for e in fbs), np.int64, n)
+            win.add_feedback(w, arm, rts, neg)
+
+    def _evaluate(self, st: RolloutState, now: float) -> Decision | None:
+        p = self.policy(st.rollout_id)
+        self._flush(st)
+        st.next_eval = (math.floor(now / p.eval_seconds) + 1) * p.eval_seconds
+        arm = SHADOW if st.stage == SHADOW else "canary"
+        w = st.window
+        onset = canary_onset(st.drift, arm, since=w.start, tolerance=2 * p.block_seconds)
+        if onset is not None:
+            signal, t = onset
+            key = f"{arm}:{signal}"
+            st.drift.alarms[key] = st.drift.alarms.get(key, 0) + 1
+            if p.drift_reset and len(w.blocks) > p.min_blocks:
+                self._restart_window(st, max(t - p.block_seconds, w.start))
+                w = st.window
+        win.compact(w, p.max_window_blocks)
+        both = sum(1 for b in w.blocks.values() if b.get(arm) and b[arm].n and b.get("baseline") and b["baseline"].n)
+        z_halt = cs_z(max(both, 1), p.false_halt_budget, p.cs_rho_blocks)
+        z_promote = cs_z(max(both, 1), p.promote_risk, p.cs_rho_blocks)
+        gates = evaluate_gates(w, arm, p, z_halt, z_promote, feedback=arm != SHADOW)
+        st.last_gates = gates
+        n_test = sum(b[arm].n for b in w.blocks.values() if arm in b)
+        elapsed = now - st.step_start
+        breaches = [g for g in gates if g.status == "breach"]
+        if breaches and n_test >= p.min_halt_samples and both >= p.min_blocks:
+            head = breaches[0].reason
+            more = f" Also breached: {', '.join(g.name for g in breaches[1:])}." if len(breaches) > 1 else ""
+            return self._halt(st, now, f"Halted at {st.stage}: {head}.{more}", trigger="gates")
+        if st.paused:
+            return None
+        min_n, min_s, max_s = self._step_limits(st, p)
+        if all(g.status == "pass" for g in gates) and n_test >= min_n and elapsed >= min_s and both >= p.min_blocks:
+            ab = self._ab_verdict(st, p, gates)
+            why = (f"All {len(gates)} gates pass at {st.stage} after {elapsed / 60:.1f} min on {n_test:,} "
+                   f"{arm} requests{ab}")  # fmt: skip
+            return self._promote(st, now, why, trigger="gates")
+        if elapsed > max_s and not st.held:
+            return self._hold_timeout(st, now, max_s)
+        return None
+
+    def _step_limits(self, st: RolloutState, p: RolloutPolicy) -> tuple[int, float, float]:
+        if st.stage == SHADOW:
+            return p.shadow.min_samples, p.shadow.min_seconds, p.shadow.max_seconds
+        if p.ab.enabled and st.weight == p.ab.weight:
+            return (max(p.min_samples, p.ab.min_samples), max(p.min_step_seconds, p.ab.min_seconds),
+                    max(p.max_step_seconds, p.ab.min_seconds))  # fmt: skip
+        return p.min_samples, p.min_step_seconds, p.max_step_seconds
+
+    def _ab_verdict(self, st: RolloutState, p: RolloutPolicy, gates: list[GateResult]) -> str:
+        if not (p.ab.enabled and st.weight == p.ab.weight):
+            return ""
+        parts = []
+        for g in gates:
+            if g.lower is None or g.upper is None or g.name == "output_length":
+                continue
+            verdict = "better" if g.upper < 1 else "worse" if g.lower > 1 else "no different"
+            parts.append(f"{g.name} {verdict}")
+        return f"; A/B verdict at {st.weight:g}%: " + ", ".join(parts)
+
+    def _restart_window(self, st: RolloutState, start: float) -> None:
+        p = self.policy(st.rollout_id)
+        old = st.window
+        new = win.Window(start=start, block_seconds=p.block_seconds)
+        # keep the blocks from the new start on (their per-arm aggregates are exact), rebuild the
+        # window-level sketches from the per-block ones where kept
+        for blk, arms in old.blocks.items():
+            if blk >= new.start_block:
+                new.blocks[blk] = arms
+        for arm in old.lat:
+            if arm == "baseline":
+                # the baseline keeps no per-block sketch: its quantiles stay window-wide
+                new.lat[arm], new.len[arm] = old.lat[arm], old.len.get(arm, {})
+                continue
+            lat: dict[int, int] = {}
+            ln: dict[int, int] = {}
+            for arms in new.blocks.values():
+                ab = arms.get(arm)
+                if ab is not None and ab.lat is not None and ab.len is not None:
+                    for k, c in ab.lat.items():
+                        lat[k] = lat.get(k, 0) + c
+                    for k, c in ab.len.items():
+                        ln[k] = ln.get(k, 0) + c
+            new.lat[arm], new.len[arm] = lat, ln
+        st.window = new
+
+    def _new_step(self, st: RolloutState, now: float) -> None:
+        p = self.policy(st.rollout_id)
+        st.step_start = now
+        st.window = win.Window(start=now, block_seconds=p.block_seconds)
+        st.held = False
+        st.last_gates = []
+
+    def _promote(self, st: RolloutState, now: float, why: str, *, trigger: str) -> Decision:
+        p = self.policy(st.rollout_id)
+        prev = st.weight
+        st.step_index += 1
+        st.weight = p.steps[min(st.step_index, len(p.steps) - 1)]
+        if st.weight >= 100:
+            st.stage, st.terminal = COMPLETE, True
+            return self._decide(st, now, "complete", f"{why}; canary is at 100%.", previous_weight=prev,
+                                trigger=trigger, gates=st.last_gates)  # fmt: skip
+        gates = st.last_gates
+        st.stage = stage_name(st.weight)
+        self._new_step(st, now)
+        return self._decide(st, now, "promote", f"{why}; promoting to {st.weight:g}%.", previous_weight=prev,
+                            trigger=trigger, gates=gates)  # fmt: skip
+
+    def _halt(self, st: RolloutState, now: float, why: str, *, trigger: str) -> Decision:
+        prev = st.weight
+        st.weight = 0.0
+        st.stage, st.terminal = ROLLED_BACK, True
+        digest = f" Pin baseline {st.baseline_digest}." if st.baseline_digest else ""
+        return self._decide(st, now, "halt", why + digest, previous_weight=prev, trigger=trigger)
+
+    def _hold_timeout(self, st: RolloutState, now: float, max_s: float) -> Decision:
+        st.held = True
+        open_gates = [g for g in st.last_gates if g.status != "pass"]
+        names = ", ".join(g.name for g in open_gates) or "no gate evaluated yet"
+        first = f" {open_gates[0].reason}." if open_gates else ""
+        why = (f"{st.stage} passed its {max_s / 60:g}-minute limit with {names} inconclusive; holding at "
+               f"{st.weight:g}%.{first}")  # fmt: skip
+        return self._decide(st, now, "hold", why, trigger="timeout")
+
+    def _decide(
+        self,
+        st: RolloutState,
+        now: float,
+        action: str,
+        reason: str,
+        *,
+        previous_weight: float | None = None,
+        trigger: str,
+        gates: list[GateResult] | None = None,
+    ) -> Decision:
+        st.seq += 1
+        self._dirty.add(st.rollout_id)
+        return Decision(
+            rollout_id=st.rollout_id,
+            seq=st.seq,
+            ts=now,
+            action=action,
+            stage=st.stage,
+            weight=st.weight,
+            previous_weight=st.weight if previous_weight is None else previous_weight,
+            baseline_digest=st.baseline_digest,
+            canary_digest=st.canary_digest,
+            gates=list(st.last_gates if gates is None else gates),
+            reason=reason,
+            trigger=trigger,
+        )
+
+
+def _cost(e: InferenceEvent, p: RolloutPolicy) -> float:
+    if e.cost_usd is not None:
+        return e.cost_usd
+    price = p.price(e.model)
+    if price is None:
+        return math.nan
+    return (e.input_tokens or 0) / 1000 * price.input_per_1k + e.output_tokens / 1000 * price.output_per_1k

@@ -1,0 +1,150 @@
+"""Estimators with anytime-valid confidence bounds.
+
+Two ideas carry the gates:
+
+* **Batch means over time blocks.** The variance of an arm's ratio-of-sums is estimated from the
+  spread of its per-block totals (the cluster-robust ratio-estimator variance), floored by the
+  per-request variance. Block-level spread includes the run-to-run non-determinism of LLM
+  serving (batching, GPU reduction order, sampling), which per-request variance alone misses.
+* **Confidence sequences.** The bound uses Robbins' normal-mixture boundary, valid
+  simultaneously over every look, so evaluating after every batch does not inflate false
+  halts the way a fixed-horizon test re-checked on a growing window does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def cs_z(units: float, alpha: float, rho: float) -> float:
+    """Half-width multiplier of a two-sided normal-mixture confidence sequence.
+
+    With S_t a sum whose variance is t units, P(exists t: |S_t| >= z(t) sqrt(t)) <= alpha
+    (Robbins 1970; Howard et al. 2021). ``rho`` sets where the boundary is tightest."""
+    t = max(units, 1e-9)
+    return math.sqrt((t + rho) / t * math.log((t + rho) / (rho * alpha * alpha)))
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    ratio: float
+    lower: float
+    upper: float
+    canary: float
+    baseline: float
+    log_se: float
+    blocks: int
+
+
+def arm_mean_var(x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool) -> tuple[float, float, int]:
+    """Ratio estimator R = sum(x)/sum(n) over blocks and its variance (cluster-robust, floored
+    by the i.i.d. per-request variance). Returns (R, var, blocks used)."""
+    used = (n > 0) | (x != 0)
+    b = int(used.sum())
+    big_n = float(n.sum())
+    if big_n <= 0:
+        return math.nan, math.inf, b
+    r = float(x.sum()) / big_n
+    if binary:
+        per_req = r * (1.0 - r)
+    else:
+        per_req = max(sum_sq / big_n - r * r, 0.0)
+    v_iid = per_req / big_n
+    if b >= 2:
+        resid = x[used] - r * n[used]
+        v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
+    else:
+        v_cl = 0.0
+    return r, max(v_cl, v_iid), b
+
+
+def ratio_of_means(
+    xc: FloatArray,
+    nc: FloatArray,
+    sqc: float,
+    xb: FloatArray,
+    nb: FloatArray,
+    sqb: float,
+    *,
+    z: float,
+    smooth: float = 0.0,
+    binary: bool = False,
+) -> RatioEstimate | None:
+    """Canary/baseline ratio of per-request means on a log scale, with a z-wide bound."""
+    rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary)
+    rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary)
+    if math.isnan(rc) or math.isnan(rb):
+        return None
+    dc, db = rc + smooth, rb + smooth
+    if dc <= 0 or db <= 0:
+        return None
+    log_ratio = math.log(dc) - math.log(db)
+    se = math.sqrt(vc / (dc * dc) + vb / (db * db))
+    return RatioEstimate(
+        ratio=math.exp(log_ratio),
+        lower=math.exp(log_ratio - z * se),
+        upper=math.exp(log_ratio + z * se),
+        canary=rc,
+        baseline=rb,
+        log_se=se,
+        blocks=min(bc, bb),
+    )
+
+
+@dataclass(frozen=True)
+class Proportion:
+    p: float
+    lower: float
+    upper: float
+    n: int
+
+
+def wilson(k: float, n: float, z: float) -> tuple[float, float]:
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    den = 1.0 + z2 / n
+    mid = p + z2 / (2 * n)
+    half = z * math.sqrt(max(p * (1 - p) / n + z2 / (4 * n * n), 0.0))
+    return max((mid - half) / den, 0.0), min((mid + half) / den, 1.0)
+
+
+def block_proportion(k: FloatArray, n: FloatArray, *, z: float) -> Proportion:
+    """A proportion over blocks: Wilson bounds on the effective sample size, where the design
+    effect (cluster variance over binomial variance, at least 1) shrinks n."""
+    big_n = float(n.sum())
+    if big_n <= 0:
+        return Proportion(math.nan, 0.0, 1.0, 0)
+    kk = float(k.sum())
+    p = kk / big_n
+    used = n > 0
+    b = int(used.sum())
+    deff = 1.0
+    if b >= 2 and 0 < p < 1:
+        resid = k[used] - p * n[used]
+        v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
+        deff = max(1.0, v_cl / (p * (1 - p) / big_n))
+    n_eff = big_n / deff
+    lo, hi = wilson(p * n_eff, n_eff, z)
+    return Proportion(p, lo, hi, int(big_n))
+
+
+def design_effect(sum_k: FloatArray, n: FloatArray, total_sq: float) -> float:
+    """How much block-level noise inflates the variance of a per-request mean (>= 1)."""
+    used = n > 0
+    b = int(used.sum())
+    big_n = float(n.sum())
+    if b < 2 or big_n <= 1:
+        return 1.0
+    m = float(sum_k.sum()) / big_n
+    per_req = max(total_sq / big_n - m * m, 1e-12)
+    resid = sum_k[used] - m * n[used]
+    v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
+    return max(1.0, v_cl / (per_req / big_n))

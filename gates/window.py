@@ -1,0 +1,203 @@
+"""The comparison window of one step: per event-time block and arm, integer aggregates.
+
+Every aggregate is an integer (counts, token sums, cost in nano-dollars, sketch keys), so the
+state is the same whatever the batching: a replay and a live worker agree bit for bit. Blocks
+are the unit of the batch-means variance: block-to-block spread carries the run-to-run
+non-determinism that per-request variance misses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from gates import sketch
+
+COST_UNIT = 1e-9  # cost is kept in integer nano-dollars
+LOG_KEY_FLOOR = sketch.key_of(sketch.MIN_POSITIVE * 1.0001)
+
+SCALARS = (
+    "n", "bad", "errors", "refusals", "cost_n", "cost", "cost_sq", "tok", "tok_sq",
+    "lat_k", "lat_k_sq", "len_k", "len_k_sq", "neg_fb", "fb",
+)  # fmt: skip
+
+
+class ArmBlock(msgspec.Struct):
+    n: int = 0
+    bad: int = 0  # error or refusal (a request that is both counts once)
+    errors: int = 0
+    refusals: int = 0
+    cost_n: int = 0  # requests with a known cost
+    cost: int = 0
+    cost_sq: int = 0
+    tok: int = 0
+    tok_sq: int = 0
+    lat_k: int = 0  # sum of log-latency keys (for the design effect of latency)
+    lat_k_sq: int = 0
+    len_k: int = 0
+    len_k_sq: int = 0
+    neg_fb: int = 0  # negative feedback attributed to requests of this block
+    fb: int = 0
+    lat: dict[int, int] | None = None  # per-block sketches, kept for the tested arm only
+    len: dict[int, int] | None = None
+
+    def merge(self, other: ArmBlock) -> None:
+        for f in SCALARS:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        for f in ("lat", "len"):
+            o = getattr(other, f)
+            if o is not None:
+                mine = getattr(self, f)
+                if mine is None:
+                    setattr(self, f, dict(o))
+                else:
+                    sketch.merge_into(mine, o)
+
+
+class Window(msgspec.Struct):
+    start: float  # event time the window opened (step start, or a drift onset)
+    block_seconds: float
+    blocks: dict[int, dict[str, ArmBlock]] = {}
+    lat: dict[str, dict[int, int]] = {}  # window-level sketches per arm
+    len: dict[str, dict[int, int]] = {}
+    late_events: int = 0
+    late_feedback: int = 0
+
+    @property
+    def start_block(self) -> int:
+        return int(self.start // self.block_seconds)
+
+    def arm_block(self, block: int, arm: str) -> ArmBlock:
+        b = self.blocks.get(block)
+        if b is None:
+            b = self.blocks[block] = {}
+        ab = b.get(arm)
+        if ab is None:
+            ab = b[arm] = ArmBlock()
+        return ab
+
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+
+def _isum(a: IntArray) -> int:
+    return int(a.sum()) if a.size else 0
+
+
+def _bigsum(a: IntArray) -> int:
+    # squares of nano-dollar costs can pass 2**63 in one flush: add them as Python ints
+    return sum(a.tolist())
+
+
+def add_inference(
+    w: Window,
+    arm: str,
+    ts: FloatArray,
+    latency_ms: FloatArray,
+    tokens: IntArray,
+    bad: IntArray,
+    errors: IntArray,
+    refusals: IntArray,
+    cost: FloatArray,  # NaN where unknown
+    *,
+    keep_block_sketches: bool,
+) -> int:
+    """Fold a batch of one arm's requests into the window; returns how many were too late."""
+    blocks = np.floor(ts / w.block_seconds).astype(np.int64)
+    keep = blocks >= w.start_block
+    late = int((~keep).sum())
+    if late:
+        w.late_events += late
+        blocks, latency_ms, tokens = blocks[keep], latency_ms[keep], tokens[keep]
+        bad, errors, refusals, cost = bad[keep], errors[keep], refusals[keep], cost[keep]
+    if blocks.size == 0:
+        return late
+    lat_keys = sketch.keys_of(latency_ms)
+    len_keys = sketch.keys_of(tokens.astype(np.float64))
+    lk = np.maximum(lat_keys, LOG_KEY_FLOOR)
+    nk = np.maximum(len_keys, LOG_KEY_FLOOR)
+    has_cost = ~np.isnan(cost)
+    cost_i = np.zeros(cost.shape, np.int64)
+    cost_i[has_cost] = np.rint(cost[has_cost] / COST_UNIT).astype(np.int64)
+    sketch.add_keys(w.lat.setdefault(arm, {}), lat_keys)
+    sketch.add_keys(w.len.setdefault(arm, {}), len_keys)
+    uniq, inv = np.unique(blocks, return_inverse=True)
+    for j, blk in enumerate(uniq.tolist()):
+        m = inv == j
+        ab = w.arm_block(blk, arm)
+        ab.n += int(m.sum())
+        ab.bad += _isum(bad[m])
+        ab.errors += _isum(errors[m])
+        ab.refusals += _isum(refusals[m])
+        c = cost_i[m & has_cost]
+        ab.cost_n += int(c.size)
+        ab.cost += _isum(c)
+        ab.cost_sq += _bigsum(c * c) if c.size and int(c.max()) > 3_000_000_000 else _isum(c * c)
+        t = tokens[m]
+        ab.tok += _isum(t)
+        ab.tok_sq += _isum(t * t)
+        a, b = lk[m], nk[m]
+        ab.lat_k += _isum(a)
+        ab.lat_k_sq += _isum(a * a)
+        ab.len_k += _isum(b)
+        ab.len_k_sq += _isum(b * b)
+        if keep_block_sketches:
+            if ab.lat is None:
+                ab.lat = {}
+            if ab.len is None:
+                ab.len = {}
+            sketch.add_keys(ab.lat, lat_keys[m])
+            sketch.add_keys(ab.len, len_keys[m])
+    return late
+
+
+def add_feedback(w: Window, arm: str, request_ts: FloatArray, negative: IntArray) -> None:
+    blocks = np.floor(request_ts / w.block_seconds).astype(np.int64)
+    keep = blocks >= w.start_block
+    w.late_feedback += int((~keep).sum())
+    blocks, negative = blocks[keep], negative[keep]
+    if blocks.size == 0:
+        return
+    uniq, inv = np.unique(blocks, return_inverse=True)
+    fb = np.bincount(inv)
+    neg = np.bincount(inv, weights=negative).astype(np.int64)
+    for j, blk in enumerate(uniq.tolist()):
+        ab = w.arm_block(blk, arm)
+        ab.fb += int(fb[j])
+        ab.neg_fb += int(neg[j])
+
+
+def compact(w: Window, max_blocks: int) -> None:
+    """Bound memory: merge the two oldest blocks until at most ``max_blocks`` remain.
+
+    Window totals are unchanged; the batch-means variance just sees fewer, larger blocks."""
+    while len(w.blocks) > max_blocks:
+        first, second = sorted(w.blocks)[:2]
+        older = w.blocks.pop(first)
+        newer = w.blocks[second]
+        for arm, ab in older.items():
+            if arm in newer:
+                ab.merge(newer[arm])
+            newer[arm] = ab
+
+
+def columns(w: Window, arm: str, fields: Iterable[str]) -> dict[str, Any]:
+    """Per-block arrays of ``fields`` for one arm, over the window's blocks in time order."""
+    order = sorted(w.blocks)
+    empty = ArmBlock()
+    rows = [w.blocks[b].get(arm, empty) for b in order]
+    out: dict[str, Any] = {}
+    for f in fields:
+        vals = [getattr(r, f) for r in rows]
+        if f in ("cost_sq",):
+            out[f] = np.array([float(v) for v in vals], dtype=np.float64)
+        else:
+            out[f] = np.array(vals, dtype=np.float64)
+    out["_blocks"] = order
+    out["_rows"] = rows
+    return out
