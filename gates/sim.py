@@ -288,6 +288,14 @@ def run(
         if not stages and cfg.shadow and weight == 0:
             stages.append(StageRecord(stage="shadow", weight=0.0, start=t))
         t += cfg.tick_s
+        status = getattr(judge, "status", None)
+        if status is not None and int(t - cfg.start_ts) % 60 == 0:
+            try:
+                gates = status(cfg.rollout_id).gates
+            except KeyError:
+                gates = []
+            if gates:
+                timeline.append((t - cfg.start_ts, weight, {g.name: g.ratio or math.nan for g in gates}))
         if progress is not None:
             progress(t - cfg.start_ts)
     if stages and math.isnan(stages[-1].end):

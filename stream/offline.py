@@ -1,0 +1,191 @@
+"""Offline commands: ``replay`` a log, ``simulate`` a rollout, ``plan`` a runbook. No broker needed."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import IO
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from stream.cli import app
+
+err = Console(stderr=True)
+
+POLICY_HELP = "policy YAML (defaults: the rollout lesson's numbers)"
+
+
+def _policy(path: Path | None):  # type: ignore[no-untyped-def]
+    from gates.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        err.print(f"[red]rollout-gate: {exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = None, chunk_lines: int = 4096):  # type: ignore[no-untyped-def]
+    """Fold a JSONL event log through the engine; write decision JSONL to ``out``.
+
+    Returns (events, rejections by reason, decisions by action)."""
+    from gates.engine import Engine
+    from gates.events import Rejection, decode_lines
+
+    engine = Engine(policy)
+    rejections: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
+    n_events = 0
+    show = size is not None and size > 8 * 1024 * 1024 and err.is_terminal
+    progress = Progress(
+        TextColumn("replay"), BarColumn(), TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+        transient=True, disable=not show,
+    )  # fmt: skip
+    task = progress.add_task("replay", total=size)
+    write = out.write
+    with progress:
+        while True:
+            lines = src.readlines(chunk_lines * 256)
+            if not lines:
+                break
+            decoded = decode_lines(lines)
+            good = []
+            for d in decoded:
+                if type(d) is Rejection:
+                    rejections[d.reason] += 1
+                else:
+                    good.append(d)
+            n_events += len(good)
+            for dec in engine.ingest(good):
+                actions[dec.action] += 1
+                write(dec.to_json() + b"\n")
+            if show:
+                progress.update(task, advance=sum(len(x) for x in lines))
+    return n_events, rejections, actions
+
+
+@app.command()
+def replay(
+    events: str = typer.Argument(..., help="JSONL event log, or - for standard input"),
+    policy: Path | None = typer.Option(None, "--policy", "-p", help=POLICY_HELP),
+) -> None:
+    """Fold an event log through the gate engine: decisions as JSONL on stdout, a summary on stderr.
+
+    The same input always gives the same output, and the same decisions as the live worker."""
+    pol = _policy(policy)
+    if events == "-":
+        src: IO[bytes] = sys.stdin.buffer
+        size = None
+    else:
+        p = Path(events)
+        if not p.is_file():
+            err.print(f"[red]rollout-gate: {p}: no such file[/red]")
+            raise typer.Exit(2)
+        src = p.open("rb")
+        size = p.stat().st_size
+    try:
+        n, rejections, actions = replay_stream(src, sys.stdout.buffer, pol, size=size)
+    finally:
+        if src is not sys.stdin.buffer:
+            src.close()
+    sys.stdout.buffer.flush()
+    rej = sum(rejections.values())
+    err.print(f"events: {n:,}  rejected: {rej:,}  decisions: {sum(actions.values()):,} "
+              + " ".join(f"{a}={c}" for a, c in sorted(actions.items())))  # fmt: skip
+    for reason, c in rejections.most_common(10):
+        err.print(f"  rejected {c:,}: {reason}")
+    if len(rejections) > 10:
+        err.print(f"  ... and {len(rejections) - 10} more reasons")
+
+
+@app.command()
+def simulate(
+    inject: list[str] = typer.Option([], "--inject", "-i", help="candidate regression, e.g. cost=+25%, refusal=x3, "
+                                     "latency=x2 (P99), median=x1.5, errors=x6, length=+40%, shape=0.6, feedback=x2, "
+                                     "onset=10 (minutes)"),  # fmt: skip
+    noise: float = typer.Option(0.15, help="run-to-run non-determinism: each arm's levels vary by up to this"),
+    rps: float = typer.Option(100.0, help="requests per second over both arms"),
+    seed: int = typer.Option(0, help="random seed (same seed, same run)"),
+    shadow: bool = typer.Option(False, "--shadow", help="start with a shadow stage"),
+    hours: float = typer.Option(6.0, help="give up after this much simulated time"),
+    plot: Path | None = typer.Option(None, "--plot", help="write a PNG of weight and gate ratios over time"),
+    policy: Path | None = typer.Option(None, "--policy", "-p", help=POLICY_HELP),
+    decisions_out: Path | None = typer.Option(None, "--decisions", help="also write the decisions as JSONL"),
+) -> None:
+    """The rollout lesson's canary simulator, on the real engine, in a closed loop."""
+    from gates.engine import Engine
+    from gates.sim import SimConfig, parse_injections, run
+    from stream.report import print_run, write_plot
+
+    if rps <= 0 or not 0 <= noise < 1 or hours <= 0:
+        err.print("[red]rollout-gate: --rps and --hours must be > 0 and --noise in [0, 1)[/red]")
+        raise typer.Exit(2)
+    try:
+        inj = parse_injections(inject)
+    except ValueError as exc:
+        err.print(f"[red]rollout-gate: --inject: {exc}[/red]")
+        raise typer.Exit(2) from None
+    pol = _policy(policy)
+    if shadow:
+        from gates.policy import PolicySet
+
+        pol = PolicySet.model_validate({**pol.model_dump(), "defaults": {**pol.defaults.model_dump(),
+                                        "shadow": {**pol.defaults.shadow.model_dump(), "enabled": True}}})  # fmt: skip
+    cfg = SimConfig(rps=rps, seed=seed, noise=noise, max_seconds=hours * 3600, shadow=shadow)
+    console = Console() if sys.stdout.isatty() else Console(width=150)
+    console.print(f"Simulating a rollout at {rps:g} req/s, noise ±{noise:.0%}, seed {seed}; candidate change: "
+                  f"[bold]{inj.describe()}[/bold]")  # fmt: skip
+    with Progress(TextColumn("simulated time"), BarColumn(), TextColumn("{task.fields[t]}"), console=err,
+                  transient=True) as prog:  # fmt: skip
+        task = prog.add_task("sim", total=cfg.max_seconds, t="")
+        last = [0.0]
+
+        def tick(t: float) -> None:
+            if t - last[0] >= 60:
+                prog.update(task, completed=t, t=f"{t / 60:.0f} min")
+                last[0] = t
+
+        result = run(Engine(pol), cfg, inj, progress=tick)
+    print_run(console, result, cfg)
+    if decisions_out is not None:
+        with decisions_out.open("wb") as f:
+            for d in result.decisions:
+                f.write(d.to_json() + b"\n")
+    if plot is not None:
+        write_plot(result, plot, title=f"candidate change: {inj.describe()}")
+        console.print(f"plot written to {plot}")
+
+
+@app.command()
+def plan(
+    baseline: str = typer.Option(..., help="the model in production (name or digest)"),
+    candidate: str = typer.Option(..., help="the model to roll out"),
+    rps: float = typer.Option(..., help="production requests per second"),
+    risk: str = typer.Option("medium", help="low | medium | high: how large a regression must be caught"),
+    output: Path | None = typer.Option(None, "-o", "--output", help="write the runbook here (default: stdout)"),
+    policy: Path | None = typer.Option(None, "--policy", "-p", help=POLICY_HELP),
+    rollout_id: str | None = typer.Option(None, help="rollout id (default: derived from the candidate)"),
+) -> None:
+    """The rollout lesson's runbook: shadow -> canary -> 100%, with step durations from traffic."""
+    from stream.runbook import RunbookError, render_runbook
+
+    pol = _policy(policy)
+    try:
+        text = render_runbook(baseline=baseline, candidate=candidate, rps=rps, risk=risk, policy=pol,
+                              rollout_id=rollout_id)  # fmt: skip
+    except RunbookError as exc:
+        err.print(f"[red]rollout-gate: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"runbook written to {output}")
+
+
+def _quiet_matplotlib() -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
