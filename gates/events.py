@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -20,19 +20,29 @@ FEEDBACK_VALUES: tuple[str, ...] = ("down", "up", "ticket")
 NEGATIVE_FEEDBACK: frozenset[str] = frozenset({"down", "ticket"})
 
 
+# The typed structs double as a strict fast path: msgspec validates in C, and anything it
+# refuses (an RFC 3339 ts, a null refusal, a bad value) is re-read by the lenient path below,
+# which accepts what the contract allows and names the problem otherwise.
+_Id = Annotated[str, msgspec.Meta(min_length=1)]
+_Time = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+_NonNeg = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class InferenceEvent(msgspec.Struct, frozen=True, gc=False):
-    rollout_id: str
-    arm: str
-    request_id: str
-    ts: float
-    latency_ms: float
-    output_tokens: int
-    status: str
+    rollout_id: _Id
+    arm: Literal["baseline", "canary", "shadow"]
+    request_id: _Id
+    ts: _Time
+    latency_ms: _NonNeg
+    output_tokens: _Count
+    status: Literal["ok", "error"]
     refusal: bool = False
-    input_tokens: int | None = None
-    cost_usd: float | None = None
+    input_tokens: _Count | None = None
+    cost_usd: _NonNeg | None = None
     model: str | None = None
     model_digest: str | None = None
+    type: Literal["inference"] = "inference"
 
     @property
     def is_error(self) -> bool:
@@ -40,14 +50,15 @@ class InferenceEvent(msgspec.Struct, frozen=True, gc=False):
 
 
 class FeedbackEvent(msgspec.Struct, frozen=True, gc=False):
-    rollout_id: str
-    arm: str
-    request_id: str
-    ts: float
-    value: str
+    rollout_id: _Id
+    arm: Literal["baseline", "canary", "shadow"]
+    request_id: _Id
+    ts: _Time
+    value: Literal["down", "up", "ticket"]
     # Additive, optional: when the producer knows it, the time of the request the feedback is
     # about. It lets the feedback gate attribute late feedback to the right time block exactly.
-    request_ts: float | None = None
+    request_ts: _Time | None = None
+    type: Literal["feedback"] = "feedback"
 
     @property
     def negative(self) -> bool:
@@ -86,6 +97,9 @@ class _Wire(msgspec.Struct, gc=False):
 
 
 _wire_decoder = msgspec.json.Decoder(_Wire)
+_inference_decoder = msgspec.json.Decoder(InferenceEvent)
+_inference_list_decoder = msgspec.json.Decoder(list[InferenceEvent])
+_feedback_decoder = msgspec.json.Decoder(FeedbackEvent)
 _wire_list_decoder = msgspec.json.Decoder(list[_Wire])
 
 
@@ -237,11 +251,19 @@ def decode_message(raw: bytes) -> list[Decoded]:
     head = raw.lstrip()[:1]
     try:
         if head == b"[":
+            try:
+                return list(_inference_list_decoder.decode(raw))
+            except msgspec.DecodeError:
+                pass
             out = [_one(w) for w in _wire_list_decoder.decode(raw)]
             if any(type(d) is Rejection for d in out):
                 return _decode_slow(raw)  # to keep each bad element's original JSON
             return out
         if head == b"{":
+            try:
+                return [_feedback_decoder.decode(raw) if b'"feedback"' in raw else _inference_decoder.decode(raw)]
+            except msgspec.DecodeError:
+                pass
             return [_one(_wire_decoder.decode(raw), raw)]
     except msgspec.ValidationError:
         pass  # an element is not an object, or a field has a type msgspec refuses: go slow
@@ -270,10 +292,19 @@ def _decode_slow(raw: bytes) -> list[Decoded]:
     return out
 
 
+
+
 def decode_lines(lines: list[bytes]) -> list[Decoded]:
     """Decode JSONL lines (one event per line); blank lines are skipped."""
     out: list[Decoded] = []
+    append = out.append
+    inf_decode, fb_decode = _inference_decoder.decode, _feedback_decoder.decode
     for line in lines:
+        try:
+            append(fb_decode(line) if b'"feedback"' in line else inf_decode(line))
+            continue
+        except msgspec.DecodeError:
+            pass
         line = line.strip()
         if not line:
             continue
@@ -291,10 +322,7 @@ def decode_lines(lines: list[bytes]) -> list[Decoded]:
 def encode_event(event: Event) -> bytes:
     """The contract's JSON for an event (fields left at None are omitted)."""
     d = msgspec.structs.asdict(event)
-    d = {k: v for k, v in d.items() if v is not None}
-    if isinstance(event, FeedbackEvent):
-        d["type"] = "feedback"
-    return orjson.dumps(d)
+    return orjson.dumps({k: v for k, v in d.items() if v is not None})
 
 
 def reason_code(reason: str) -> str:
@@ -307,3 +335,11 @@ def reason_code(reason: str) -> str:
     if not head.isidentifier():
         return "invalid"
     return f"{head}_missing" if reason.endswith(" is missing") else f"{head}_invalid"
+
+
+def split_rejections(decoded: list[Decoded]) -> tuple[list[Event], list[Rejection]]:
+    """(valid events in order, rejections)."""
+    bad = [d for d in decoded if type(d) is Rejection]
+    if not bad:
+        return decoded, []  # type: ignore[return-value]
+    return [d for d in decoded if type(d) is not Rejection], bad  # type: ignore[misc]

@@ -34,7 +34,7 @@ def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = 
 
     Returns (events, rejections by reason, decisions by action)."""
     from gates.engine import Engine
-    from gates.events import Rejection, decode_lines
+    from gates.events import decode_lines, split_rejections
 
     engine = Engine(policy)
     rejections: Counter[str] = Counter()
@@ -52,13 +52,9 @@ def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = 
             lines = src.readlines(chunk_lines * 256)
             if not lines:
                 break
-            decoded = decode_lines(lines)
-            good = []
-            for d in decoded:
-                if type(d) is Rejection:
-                    rejections[d.reason] += 1
-                else:
-                    good.append(d)
+            good, bad = split_rejections(decode_lines(lines))
+            for r in bad:
+                rejections[r.reason] += 1
             n_events += len(good)
             for dec in engine.ingest(good):
                 actions[dec.action] += 1
