@@ -332,7 +332,8 @@ def length_gate(c: Ctx) -> GateResult:
               f"mean ratio {mean.ratio}x), {_fmt_n(c, samples)}")  # fmt: skip
     return GateResult(
         "output_length", status, _r(d), 0.0, _r(d), g.max_shape_distance, samples,
-        lower=details["shape"]["lower"], upper=_r(d + c.z_promote * spread) if math.isfinite(spread) else None,
+        lower=_r(max(d - c.z_halt * spread, 0.0)) if math.isfinite(spread) else None,
+        upper=_r(d + c.z_promote * spread) if math.isfinite(spread) else None,
         reason=reason, details=details,
     )  # fmt: skip
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -19,9 +19,10 @@ from gates import window as win
 from gates.checks import evaluate_gates
 from gates.commands import Command
 from gates.decision import Decision, GateResult
-from gates.drift import Detectors, DriftState, canary_onset
+from gates.drift import MIN_SHIFT, Detectors, DriftState, canary_onset
 from gates.events import Event, FeedbackEvent, InferenceEvent
 from gates.policy import PolicySet, RolloutPolicy
+from gates.sketch import LN_GAMMA
 from gates.stats import cs_z
 
 SHADOW = "shadow"
@@ -76,13 +77,8 @@ class RolloutStatus:
     events: dict[str, int]
 
 
-@dataclass
-class _Pending:
-    inference: dict[str, list[InferenceEvent]] = field(default_factory=dict)
-    feedback: dict[str, list[FeedbackEvent]] = field(default_factory=dict)
-
-    def __bool__(self) -> bool:
-        return bool(self.inference or self.feedback)
+ARM_CODE = {"baseline": 0, "canary": 1, "shadow": 2}
+ARM_NAMES = ("baseline", "canary", "shadow")
 
 
 class Engine:
@@ -90,7 +86,7 @@ class Engine:
         self.policy_set = policy or PolicySet()
         self._states: dict[str, RolloutState] = {}
         self._policies: dict[str, RolloutPolicy] = {}
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, list[Event]] = {}
         self._detectors: dict[str, Detectors] = {}
         self._dirty: set[str] = set()
 
@@ -146,51 +142,58 @@ class Engine:
 
         With ``source``/``offset`` (one Kafka message), a rollout that already holds this offset
         for the source skips the events: they were counted before a restart."""
-        out: list[Decision] = []
-        touched: set[str] = set()
-        states, pending = self._states, self._pending
-        dedupe = source is not None and offset is not None
+        groups: dict[str, list[Event]] = {}
         for e in events:
-            rid = e.rollout_id
-            st = states.get(rid)
-            if st is None:
-                digest = e.model_digest if type(e) is InferenceEvent else None
-                st, started = self._create(rid, e.ts, e.arm, digest)
-                if started is not None:
-                    out.append(started)
-            if rid not in touched:
-                if dedupe and st.offsets.get(source, -1) >= offset:  # type: ignore[arg-type,operator]
-                    continue
-                touched.add(rid)
+            g = groups.get(e.rollout_id)
+            if g is None:
+                g = groups[e.rollout_id] = []
+            g.append(e)
+        out: list[Decision] = []
+        for rid, evs in groups.items():
+            out.extend(self._ingest_rollout(rid, evs, source, offset))
+        if len(groups) > 1:
+            out.sort(key=lambda d: d.ts)  # stable: per-rollout order is kept
+        return out
+
+    def _ingest_rollout(
+        self, rid: str, evs: list[Event], source: str | None, offset: int | None
+    ) -> list[Decision]:
+        out: list[Decision] = []
+        st = self._states.get(rid)
+        if st is None:
+            e0 = evs[0]
+            st, started = self._create(rid, e0.ts, e0.arm, e0.model_digest if type(e0) is InferenceEvent else None)
+            if started is not None:
+                out.append(started)
+        if source is not None and offset is not None:
+            if st.offsets.get(source, -1) >= offset:
+                return out
+            st.offsets[source] = offset
+        self._dirty.add(rid)
+        pending = self._pending
+        ts = np.array([e.ts for e in evs], dtype=np.float64)
+        runmax = np.maximum.accumulate(ts)
+        n, i = len(evs), 0
+        # Evaluate where the running event-time maximum first crosses each tick, exactly as an
+        # event-by-event loop would, whatever the batch boundaries.
+        while i < n:
             if st.terminal:
-                st.ignored += 1
-                continue
+                st.ignored += n - i
+                break
+            j = i + int(np.searchsorted(runmax[i:], st.next_eval, side="left"))
             pend = pending.get(rid)
             if pend is None:
-                pend = pending[rid] = _Pending()
-            if type(e) is InferenceEvent:
-                lst = pend.inference.get(e.arm)
-                if lst is None:
-                    lst = pend.inference[e.arm] = []
-                lst.append(e)
-                if e.model_digest is not None and (st.canary_digest is None or st.baseline_digest is None):
-                    if e.arm == "baseline":
-                        st.baseline_digest = st.baseline_digest or e.model_digest
-                    else:
-                        st.canary_digest = st.canary_digest or e.model_digest
-            else:
-                pend.feedback.setdefault(e.arm, []).append(e)  # type: ignore[arg-type]
-            ts = e.ts
-            if ts > st.watermark:
-                st.watermark = ts
-            if ts >= st.next_eval:
-                d = self._evaluate(st, ts)
-                if d is not None:
-                    out.append(d)
-        self._dirty |= touched
-        if dedupe:
-            for rid in touched:
-                states[rid].offsets[source] = offset  # type: ignore[index,assignment]
+                pend = pending[rid] = []  # _evaluate's flush takes the list away
+            if j >= n:
+                pend.extend(evs[i:])
+                st.watermark = max(st.watermark, float(runmax[-1]))
+                break
+            pend.extend(evs[i : j + 1])
+            st.watermark = max(st.watermark, float(runmax[j]))
+            d = self._evaluate(st, float(ts[j]))
+            if d is not None:
+                out.append(d)
+            i = j + 1
         return out
 
     def command(self, cmd: Command, source: str | None = None, offset: int | None = None) -> list[Decision]:
@@ -267,41 +270,56 @@ class Engine:
         return st, d
 
     def _flush(self, st: RolloutState) -> None:
-        pend = self._pending.pop(st.rollout_id, None)
-        if not pend:
+        evs = self._pending.pop(st.rollout_id, None)
+        if not evs:
             return
         w = st.window
         p = self.policy(st.rollout_id)
         det = self._detectors.get(st.rollout_id)
         if det is None:
             det = self._detectors[st.rollout_id] = Detectors(st.drift)
-        for arm, evs in pend.inference.items():
-            n = len(evs)
-            st.events[arm] = st.events.get(arm, 0) + n
+        inf: list[InferenceEvent] = [e for e in evs if type(e) is InferenceEvent]
+        if inf:
             # one pass over the structs, then columns: cheaper than one generator per field
             cols = np.array(
                 [(e.ts, e.latency_ms, e.output_tokens, e.status == "error", e.refusal,
-                  -1.0 if e.cost_usd is None else e.cost_usd) for e in evs],
+                  -1.0 if e.cost_usd is None else e.cost_usd, ARM_CODE[e.arm]) for e in inf],
                 dtype=np.float64,
             ).T  # fmt: skip
-            ts, lat = cols[0], cols[1]
-            tok = cols[2].astype(np.int64)
-            err, ref = cols[3].astype(np.int64), cols[4].astype(np.int64)
             cost = cols[5]
             missing = np.flatnonzero(cost < 0)
             if missing.size:
-                cost[missing] = [_cost(evs[i], p) for i in missing.tolist()]
-            win.add_inference(
-                w, arm, ts, lat, tok, np.maximum(err, ref), err, ref, cost, keep_block_sketches=arm != "baseline"
-            )
-            det.feed(arm, float(ts.max()), tok, ref)
-        for arm, fbs in pend.feedback.items():
-            n = len(fbs)
-            st.events["feedback"] = st.events.get("feedback", 0) + n
+                cost[missing] = [_cost(inf[i], p) for i in missing.tolist()]
+            arms = cols[6].astype(np.int64)
+            for code in np.unique(arms).tolist():
+                arm = ARM_NAMES[code]
+                m = arms == code
+                k = int(m.sum())
+                st.events[arm] = st.events.get(arm, 0) + k
+                tok = cols[2][m].astype(np.int64)
+                err, ref = cols[3][m].astype(np.int64), cols[4][m].astype(np.int64)
+                win.add_inference(
+                    w, arm, cols[0][m], cols[1][m], tok, np.maximum(err, ref), err, ref, cost[m],
+                    keep_block_sketches=arm != "baseline",
+                )  # fmt: skip
+                det.feed(arm, cols[0][m], tok, ref)
+                if (st.baseline_digest if arm == "baseline" else st.canary_digest) is None:
+                    digest = next((e.model_digest for e in inf if e.arm == arm and e.model_digest), None)
+                    if arm == "baseline":
+                        st.baseline_digest = digest
+                    else:
+                        st.canary_digest = digest
+        if len(inf) < len(evs):
+            fbs: list[FeedbackEvent] = [e for e in evs if type(e) is FeedbackEvent]
+            st.events["feedback"] = st.events.get("feedback", 0) + len(fbs)
             delay = p.gates.feedback.assumed_delay_seconds
-            rts = np.fromiter((e.request_ts if e.request_ts is not None else e.ts - delay for e in fbs), np.float64, n)
-            neg = np.fromiter((e.negative for e in fbs), np.int64, n)
-            win.add_feedback(w, arm, rts, neg)
+            for arm in ARM_NAMES:
+                sel = [e for e in fbs if e.arm == arm]
+                if not sel:
+                    continue
+                rts = np.array([e.request_ts if e.request_ts is not None else e.ts - delay for e in sel], np.float64)
+                neg = np.array([e.negative for e in sel], dtype=np.int64)
+                win.add_feedback(w, arm, rts, neg)
 
     def _evaluate(self, st: RolloutState, now: float) -> Decision | None:
         p = self.policy(st.rollout_id)
@@ -312,11 +330,15 @@ class Engine:
         onset = canary_onset(st.drift, arm, since=w.start, tolerance=2 * p.block_seconds)
         if onset is not None:
             signal, t = onset
-            key = f"{arm}:{signal}"
-            st.drift.alarms[key] = st.drift.alarms.get(key, 0) + 1
-            if p.drift_reset and len(w.blocks) > p.min_blocks:
-                self._restart_window(st, max(t - p.block_seconds, w.start))
-                w = st.window
+            st.drift.handled = t
+            cut = (math.floor(t / p.block_seconds) - 2) * p.block_seconds  # ADWIN reveals a change late
+            shift = _shift(w, arm, signal, cut)
+            if shift is not None and abs(shift) >= MIN_SHIFT[signal]:
+                key = f"{arm}:{signal}"
+                st.drift.alarms[key] = st.drift.alarms.get(key, 0) + 1
+                if p.drift_reset:
+                    self._restart_window(st, cut)
+                    w = st.window
         win.compact(w, p.max_window_blocks)
         both = sum(1 for b in w.blocks.values() if b.get(arm) and b[arm].n and b.get("baseline") and b["baseline"].n)
         z_halt = cs_z(max(both, 1), p.false_halt_budget, p.cs_rho_blocks)
@@ -461,3 +483,30 @@ def _cost(e: InferenceEvent, p: RolloutPolicy) -> float:
     if price is None:
         return math.nan
     return (e.input_tokens or 0) / 1000 * price.input_per_1k + e.output_tokens / 1000 * price.output_per_1k
+
+
+def _shift(w: win.Window, arm: str, signal: str, cut: float) -> float | None:
+    """How much ``arm`` moved after ``cut`` beyond the baseline's move over the same blocks
+    (log length in nats, refusal rate in absolute terms); None without enough blocks on a side."""
+    cut_block = math.floor(cut / w.block_seconds)
+    sums: dict[tuple[str, bool], list[int]] = {}
+    for blk, arms in w.blocks.items():
+        after = blk >= cut_block
+        for a in (arm, "baseline"):
+            ab = arms.get(a)
+            if ab is None or ab.n == 0:
+                continue
+            acc = sums.setdefault((a, after), [0, 0, 0])
+            acc[0] += ab.n
+            acc[1] += ab.len_k if signal == "log_length" else ab.refusals
+            acc[2] += 1
+    if any(sums.get((a, side), [0, 0, 0])[2] < 2 for a in (arm, "baseline") for side in (False, True)):
+        return None
+    scale = LN_GAMMA if signal == "log_length" else 1.0
+
+    def mean(a: str, side: bool) -> float:
+        n, tot, _ = sums[(a, side)]
+        return tot / n * scale
+
+    return (mean(arm, True) - mean(arm, False)) - (mean("baseline", True) - mean("baseline", False))
+

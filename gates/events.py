@@ -8,7 +8,7 @@ Extra fields are ignored (the contract only grows additively).
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -118,7 +118,7 @@ def parse_ts(value: Any, field: str = "ts") -> float:
         except ValueError:
             raise ValueError(f"{field} is not an RFC 3339 time: {value[:40]!r}") from None
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         return dt.timestamp()
     raise ValueError(f"{field} is missing" if value is None else f"{field} has the wrong type")
 

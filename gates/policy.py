@@ -7,6 +7,7 @@ then by the first glob that matches (``fnmatch``), and are deep-merged over the 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -129,7 +130,7 @@ class RolloutPolicy(_Spec):
             raise ValueError("steps must not be empty")
         if any(not (0 < s <= 100) or not math.isfinite(s) for s in v):
             raise ValueError("each step must be a percent in (0, 100]")
-        if any(b <= a for a, b in zip(v, v[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(v)):
             raise ValueError("steps must be strictly increasing")
         if v[-1] != 100:
             raise ValueError("the last step must be 100")

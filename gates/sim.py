@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -216,16 +216,18 @@ class Traffic:
         model = "model-baseline" if arm == "baseline" else "model-candidate"
         out: list[Event] = []
         rid = self.cfg.rollout_id
+        arm_: Any = arm
         for i in range(k):
             self.req += 1
             req_id = f"r{self.req}"
             t = float(ts[i])
             out.append(InferenceEvent(
-                rollout_id=rid, arm=arm, request_id=req_id, ts=t, latency_ms=float(lat[i]),
+                rollout_id=rid, arm=arm_, request_id=req_id, ts=t, latency_ms=float(lat[i]),
                 output_tokens=int(tok[i]), status="error" if err[i] else "ok", refusal=bool(ref[i]),
                 input_tokens=int(inp[i]), cost_usd=float(cost[i]), model=model, model_digest=digest,
             ))  # fmt: skip
             if arm != "shadow" and not err[i]:
+                val: Any
                 if u[i] < p_neg:
                     val = "down"
                 elif u[i] < p_neg + b["positive_feedback_rate"]:
@@ -234,7 +236,7 @@ class Traffic:
                     continue
                 fb_ts = t + float(delays[i])
                 self.pending_fb.append((fb_ts, FeedbackEvent(
-                    rollout_id=rid, arm=arm, request_id=req_id, ts=fb_ts, value=val, request_ts=t)))  # fmt: skip
+                    rollout_id=rid, arm=arm_, request_id=req_id, ts=fb_ts, value=val, request_ts=t)))  # fmt: skip
         return out
 
 

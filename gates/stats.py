@@ -51,10 +51,7 @@ def arm_mean_var(x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool) -
     if big_n <= 0:
         return math.nan, math.inf, b
     r = float(x.sum()) / big_n
-    if binary:
-        per_req = r * (1.0 - r)
-    else:
-        per_req = max(sum_sq / big_n - r * r, 0.0)
+    per_req = r * (1.0 - r) if binary else max(sum_sq / big_n - r * r, 0.0)
     v_iid = per_req / big_n
     if b >= 2:
         resid = x[used] - r * n[used]

@@ -102,7 +102,7 @@ def replay(
 def simulate(
     inject: list[str] = typer.Option([], "--inject", "-i", help="candidate regression, e.g. cost=+25%, refusal=x3, "
                                      "latency=x2 (P99), median=x1.5, errors=x6, length=+40%, shape=0.6, feedback=x2, "
-                                     "onset=10 (minutes)"),  # fmt: skip
+                                     "onset=10 (minutes)"),
     noise: float = typer.Option(0.15, help="run-to-run non-determinism: each arm's levels vary by up to this"),
     rps: float = typer.Option(100.0, help="requests per second over both arms"),
     seed: int = typer.Option(0, help="random seed (same seed, same run)"),

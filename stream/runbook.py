@@ -87,7 +87,7 @@ def render_runbook(
     add(f"# Rollout runbook: {baseline} -> {candidate}\n")
     add(f"- rollout id: `{rid}`   traffic: {rps:g} req/s   risk: **{risk}** (catch regressions {mult:g}x past "
         f"each limit before promoting)")  # fmt: skip
-    add(f"- gates: " + "; ".join(m.what for m in models))
+    add("- gates: " + "; ".join(m.what for m in models))
     add(f"- decision rule: halt when a gate is past its limit with {100 * (1 - p.false_halt_budget):g}% confidence "
         f"(valid over every look); promote when every gate is within it, with at least {p.min_samples} canary "
         f"requests and {p.min_step_seconds / 60:g} min at the step\n")  # fmt: skip
@@ -120,7 +120,7 @@ def render_runbook(
         note = " (capped: expect a hold; raise traffic or max_step_seconds)" if times[slow] > p.max_step_seconds else ""
         add(f"| canary-{w:g} | {w:g}% | {_mins(secs)}{note} | {rps * w / 100 * secs:,.0f} | {slow} | "
             f"{', '.join(caught) or 'only gross regressions'} |")  # fmt: skip
-    add(f"| complete | 100% | - | - | - | - |\n")
+    add("| complete | 100% | - | - | - | - |\n")
     add(f"Expected time to 100% for a healthy candidate: **{_mins(total)}**. Steps 1% -> 10% -> 25% -> 50% -> "
         "75% -> 100% as in the policy; each step waits for enough samples, never for a fixed timer alone.\n")  # fmt: skip
     if p.ab.enabled:
