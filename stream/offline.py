@@ -14,7 +14,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, 
 
 from stream.cli import app
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one plain error line (no markup: messages quote user input) and return the exit."""
+    err.print(f"rollout-gate: {message}", style="red", markup=False)
+    return typer.Exit(code)
 
 POLICY_HELP = "policy YAML (defaults: the rollout lesson's numbers)"
 
@@ -25,8 +31,7 @@ def _policy(path: Path | None):  # type: ignore[no-untyped-def]
     try:
         return load_policy(path)
     except PolicyError as exc:
-        err.print(f"[red]rollout-gate: {exc}[/red]")
-        raise typer.Exit(2) from None
+        raise fail(f"{exc}") from None
 
 
 def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = None, chunk_lines: int = 4096):  # type: ignore[no-untyped-def]
@@ -79,8 +84,7 @@ def replay(
     else:
         p = Path(events)
         if not p.is_file():
-            err.print(f"[red]rollout-gate: {p}: no such file[/red]")
-            raise typer.Exit(2)
+            raise fail(f"{p}: no such file")
         src = p.open("rb")
         size = p.stat().st_size
     try:
@@ -118,13 +122,11 @@ def simulate(
     from stream.report import print_run, write_plot
 
     if rps <= 0 or not 0 <= noise < 1 or hours <= 0:
-        err.print("[red]rollout-gate: --rps and --hours must be > 0 and --noise in [0, 1)[/red]")
-        raise typer.Exit(2)
+        raise fail("--rps and --hours must be > 0 and --noise in [0, 1)")
     try:
         inj = parse_injections(inject)
     except ValueError as exc:
-        err.print(f"[red]rollout-gate: --inject: {exc}[/red]")
-        raise typer.Exit(2) from None
+        raise fail(f"--inject: {exc}") from None
     pol = _policy(policy)
     if shadow:
         from gates.policy import PolicySet
@@ -174,8 +176,7 @@ def plan(
         text = render_runbook(baseline=baseline, candidate=candidate, rps=rps, risk=risk, policy=pol,
                               rollout_id=rollout_id)  # fmt: skip
     except RunbookError as exc:
-        err.print(f"[red]rollout-gate: {exc}[/red]")
-        raise typer.Exit(2) from None
+        raise fail(f"{exc}") from None
     if output is None:
         sys.stdout.write(text)
     else:

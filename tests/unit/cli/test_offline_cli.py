@@ -1,0 +1,123 @@
+"""The offline commands as a user runs them: replay, simulate, plan (no broker)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from gates.events import encode_event
+from gates.sim import Injection, SimConfig, Traffic
+from stream import commands, offline, operator  # noqa: F401  (registers the commands)
+from stream.cli import app
+
+CONTRACT_FIELDS = {
+    "rollout_id", "seq", "ts", "action", "stage", "weight", "previous_weight",
+    "baseline_digest", "canary_digest", "gates", "reason",
+}  # fmt: skip
+GATE_FIELDS = {"name", "status", "observed", "baseline", "ratio", "threshold", "samples"}
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def event_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Twenty minutes of a healthy rollout at 10% canary, plus two bad lines."""
+    path = tmp_path_factory.mktemp("replay") / "events.jsonl"
+    cfg = SimConfig(rps=60, seed=11, rollout_id="chat-v7")
+    traffic = Traffic(cfg, Injection())
+    t = cfg.start_ts
+    with path.open("wb") as f:
+        for i in range(1200):
+            for e in traffic.tick(t, 10.0):
+                f.write(encode_event(e) + b"\n")
+            if i == 100:
+                f.write(b"this is not json\n")
+                f.write(b'{"rollout_id": "chat-v7", "arm": "blue"}\n')
+            t += 1
+    return path
+
+
+def test_replay_is_deterministic_and_speaks_the_contract(event_log: Path) -> None:
+    a = runner.invoke(app, ["replay", str(event_log)])
+    b = runner.invoke(app, ["replay", str(event_log)])
+    assert a.exit_code == 0, a.output
+    assert a.stdout == b.stdout
+    decisions = [orjson.loads(line) for line in a.stdout.splitlines()]
+    assert decisions, "a 20-minute healthy log must produce decisions"
+    assert [d["seq"] for d in decisions] == list(range(1, len(decisions) + 1))
+    for d in decisions:
+        assert d.keys() >= CONTRACT_FIELDS
+        assert d["reason"]
+        for g in d["gates"]:
+            assert g.keys() >= GATE_FIELDS
+    # the healthy canary is promoted past its first step
+    assert any(d["action"] == "promote" and d["previous_weight"] == 1.0 for d in decisions)
+    assert "rejected: 2" in a.stderr
+    assert "not valid JSON" in a.stderr and "arm must be one of" in a.stderr
+
+
+def test_replay_reads_stdin(event_log: Path) -> None:
+    from_file = runner.invoke(app, ["replay", str(event_log)])
+    from_stdin = runner.invoke(app, ["replay", "-"], input=event_log.read_bytes())
+    assert from_stdin.exit_code == 0
+    assert from_stdin.stdout == from_file.stdout
+
+
+def test_replay_errors_are_clear(tmp_path: Path, event_log: Path) -> None:
+    missing = runner.invoke(app, ["replay", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no such file" in missing.stderr
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("defaults:\n  gates:\n    cost: {max_ratio: 0.9}\n")
+    res = runner.invoke(app, ["replay", str(event_log), "--policy", str(bad)])
+    assert res.exit_code == 2
+    assert "defaults.gates.cost.max_ratio" in res.stderr
+
+
+def test_simulate_answers_the_lessons_first_exercise(tmp_path: Path) -> None:
+    png = tmp_path / "run.png"
+    out = tmp_path / "decisions.jsonl"
+    res = runner.invoke(app, ["simulate", "--inject", "cost=+25%", "--seed", "0", "--plot", str(png),
+                              "--decisions", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "HALTED at canary-1" in res.stdout
+    assert "cost gate" in res.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = json.loads(out.read_text().splitlines()[-1])
+    assert last["action"] == "halt" and last["weight"] == 0
+    assert [g["name"] for g in last["gates"] if g["status"] == "breach"] == ["cost"]
+    assert last["baseline_digest"] == "sha256:baseline0001"
+
+
+def test_simulate_rejects_bad_injections() -> None:
+    res = runner.invoke(app, ["simulate", "--inject", "speed=fast"])
+    assert res.exit_code == 2
+    assert "--inject" in res.stderr
+
+
+def test_plan_writes_a_runbook(tmp_path: Path) -> None:
+    out = tmp_path / "runbook.md"
+    res = runner.invoke(app, ["plan", "--baseline", "chat-v6", "--candidate", "chat-v7", "--rps", "50",
+                              "--risk", "low", "-o", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    for step in ("shadow", "canary-1 ", "canary-10 ", "canary-25 ", "canary-50 ", "canary-75 ", "complete"):
+        assert step in text
+    assert "rollout-gate command rollback chat-v7" in text
+    assert "ShadowCostSpike" in text
+    bad = runner.invoke(app, ["plan", "--baseline", "a", "--candidate", "b", "--rps", "50", "--risk", "extreme"])
+    assert bad.exit_code == 2 and "--risk" in bad.stderr
+
+
+def test_plan_steps_get_shorter_with_more_traffic() -> None:
+    from gates.policy import PolicySet
+    from stream.runbook import GateModel, seconds_to_resolve
+
+    p = PolicySet().defaults
+    m = GateModel("cost", 1.2, 0.36, "cost")
+    slow = seconds_to_resolve(m, 0.18, 1.0, 10.0, p, 0.2)
+    fast = seconds_to_resolve(m, 0.18, 1.0, 1000.0, p, 0.2)
+    assert fast < slow
