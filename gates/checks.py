@@ -10,7 +10,7 @@ upper bound, so that each verdict can be read off its own numbers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,24 @@ class Ctx:
     z_promote: float
     cols_t: dict[str, Any]
     cols_b: dict[str, Any]
+    # sorted (keys, cumulative counts) per sketch, built once per evaluation
+    cache: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+
+    def sorted_sketch(self, store: dict[int, int]) -> tuple[Any, Any]:
+        got = self.cache.get(id(store))
+        if got is None:
+            keys = np.fromiter(store.keys(), dtype=np.int64, count=len(store))
+            counts = np.fromiter(store.values(), dtype=np.int64, count=len(store))
+            order = np.argsort(keys)
+            got = self.cache[id(store)] = (keys[order], np.cumsum(counts[order]))
+        return got
+
+    def count_above(self, store: dict[int, int], threshold: float) -> int:
+        keys, cum = self.sorted_sketch(store)
+        if keys.size == 0:
+            return 0
+        i = int(np.searchsorted(keys, sketch.key_of(threshold), side="right"))
+        return int(cum[-1] - (cum[i - 1] if i > 0 else 0))
 
     @property
     def n_test(self) -> int:
@@ -175,16 +193,18 @@ class _Tail:
     upper: float | None
 
 
-def _quantile_bounds(store: dict[int, int], q: float, z: float, deff: float) -> tuple[float, float, float] | None:
-    n = sketch.total(store)
-    if n == 0:
+def _quantile_bounds(c: Ctx, store: dict[int, int], q: float, z: float, deff: float) -> tuple[float, float, float] | None:
+    keys, cum = c.sorted_sketch(store)
+    if keys.size == 0:
         return None
-    keys = np.array(sorted(store), dtype=np.int64)
-    counts = np.array([store[k] for k in keys.tolist()], dtype=np.int64)
+    n = int(cum[-1])
     half = z * math.sqrt(n * q * (1 - q) * deff)
-    mid = sketch.value_at_rank(keys, counts, q * (n - 1))
-    lo = sketch.value_at_rank(keys, counts, q * (n - 1) - half)
-    hi = sketch.value_at_rank(keys, counts, q * (n - 1) + half)
+
+    def at(rank: float) -> float:
+        rank = min(max(rank, 0.0), n - 1.0)
+        return sketch.value_of(int(keys[min(int(np.searchsorted(cum, rank, side="right")), keys.size - 1)]))
+
+    mid, lo, hi = at(q * (n - 1)), at(q * (n - 1) - half), at(q * (n - 1) + half)
     if q * (n - 1) + half > n - 1:
         hi = math.inf  # too few samples to bound the quantile from above
     if q * (n - 1) - half < 0:
@@ -200,10 +220,10 @@ def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool
     k_field = "lat_k" if metric == "lat" else "len_k"
     deff_b = design_effect(c.cols_b[k_field], c.cols_b["n"], float(c.cols_b[k_field + "_sq"].sum()))
     deff_t = design_effect(c.cols_t[k_field], c.cols_t["n"], float(c.cols_t[k_field + "_sq"].sum()))
-    qb_h = _quantile_bounds(b_store, q, c.z_halt, deff_b)
-    qb_p = _quantile_bounds(b_store, q, c.z_promote, deff_b)
-    qt = _quantile_bounds(t_store, q, c.z_halt, deff_t)
-    qt_p = _quantile_bounds(t_store, q, c.z_promote, deff_t)
+    qb_h = _quantile_bounds(c, b_store, q, c.z_halt, deff_b)
+    qb_p = _quantile_bounds(c, b_store, q, c.z_promote, deff_b)
+    qt = _quantile_bounds(c, t_store, q, c.z_halt, deff_t)
+    qt_p = _quantile_bounds(c, t_store, q, c.z_promote, deff_t)
     if qb_h is None or qt is None or qb_p is None or qt_p is None or qb_h[0] <= 0:
         return _Tail("insufficient", None if qt is None else qt[0], None if qb_h is None else qb_h[0],
                      None, None, None)  # fmt: skip
@@ -214,7 +234,7 @@ def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool
         if not math.isfinite(threshold):
             return 0.0, 0.0, 0.0
         k = np.array(
-            [0 if getattr(r, metric) is None else sketch.count_above(getattr(r, metric), threshold) for r in t_rows],
+            [0 if getattr(r, metric) is None else c.count_above(getattr(r, metric), threshold) for r in t_rows],
             dtype=np.float64,
         )
         pr = block_proportion(k, n_blocks, z=z)

@@ -9,6 +9,7 @@ so the state does not depend on batching either.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,7 @@ class RolloutStatus:
 
 
 ARM_CODE = {"baseline": 0, "canary": 1, "shadow": 2}
+_TS = operator.attrgetter("ts")
 ARM_NAMES = ("baseline", "canary", "shadow")
 
 
@@ -171,6 +173,16 @@ class Engine:
             st.offsets[source] = offset
         self._dirty.add(rid)
         pending = self._pending
+        if not st.terminal:
+            top = max(map(_TS, evs))
+            if top < st.next_eval:  # the common case: no tick crossed in this batch
+                pend = pending.get(rid)
+                if pend is None:
+                    pend = pending[rid] = []
+                pend.extend(evs)
+                if top > st.watermark:
+                    st.watermark = top
+                return out
         ts = np.array([e.ts for e in evs], dtype=np.float64)
         runmax = np.maximum.accumulate(ts)
         n, i = len(evs), 0

@@ -309,7 +309,7 @@ def decode_lines(lines: list[bytes]) -> list[Decoded]:
         if not line:
             continue
         if line[:1] != b"{":
-            out.append(Rejection(reason="line is not a JSON object", raw=line))
+            out.extend(_decode_slow(line))  # names the problem: not JSON, or not an object
             continue
         try:
             out.append(_one(_wire_decoder.decode(line), line))
