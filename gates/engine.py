@@ -353,8 +353,10 @@ class Engine:
                     w = st.window
         win.compact(w, p.max_window_blocks)
         both = sum(1 for b in w.blocks.values() if b.get(arm) and b[arm].n and b.get("baseline") and b["baseline"].n)
-        z_halt = cs_z(max(both, 1), p.false_halt_budget, p.cs_rho_blocks)
-        z_promote = cs_z(max(both, 1), p.promote_risk, p.cs_rho_blocks)
+        # Each decision looks at one side of its bound only (halt: is the ratio above the limit;
+        # promote: is it below), so the two-sided boundary is run at twice the one-sided risk.
+        z_halt = cs_z(max(both, 1), min(2 * p.false_halt_budget, 0.5), p.cs_rho_blocks)
+        z_promote = cs_z(max(both, 1), min(2 * p.promote_risk, 0.8), p.cs_rho_blocks)
         gates = evaluate_gates(w, arm, p, z_halt, z_promote, feedback=arm != SHADOW)
         st.last_gates = gates
         n_test = sum(b[arm].n for b in w.blocks.values() if arm in b)

@@ -35,7 +35,7 @@ class ErrorGateSpec(_Spec):
     enabled: bool = True
     max_ratio: float = Field(2.0, gt=1.0, description="breach: error+refusal rate > max_ratio x baseline")
     min_rate: float = Field(
-        0.002,
+        0.001,
         ge=0.0,
         lt=0.5,
         description="added to both rates before the ratio, so that 0 vs 1 error in a thousand is not a 'x∞'",
@@ -54,7 +54,7 @@ class LengthGateSpec(_Spec):
 class FeedbackGateSpec(_Spec):
     enabled: bool = True
     max_ratio: float = Field(1.5, gt=1.0, description="breach: negative-feedback rate > max_ratio x baseline")
-    min_rate: float = Field(0.002, ge=0.0, lt=0.5)
+    min_rate: float = Field(0.001, ge=0.0, lt=0.5)
     assumed_delay_seconds: float = Field(
         120.0,
         ge=0.0,
