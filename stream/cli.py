@@ -14,7 +14,7 @@ app = typer.Typer(
 
 
 def main() -> None:
-    from stream import commands, offline, operator  # noqa: F401  (registers the commands on `app`)
+    from stream import commands, offline, operator, services  # noqa: F401  (registers the commands on `app`)
 
     app()
 
