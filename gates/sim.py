@@ -10,6 +10,7 @@ multiplied by an independent factor drawn uniformly from [1 - noise, 1 + noise] 
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -151,7 +152,7 @@ class Traffic:
         self.rng = np.random.default_rng(cfg.seed)
         self.noise_rng_seed = cfg.seed * 7919 + 17
         self.req = 0
-        self.pending_fb: list[tuple[float, FeedbackEvent]] = []
+        self.pending_fb: list[tuple[float, int, FeedbackEvent]] = []  # a heap by due time
 
     def _noise(self, arm: str, period: int) -> np.ndarray:
         # independent of the traffic draws, so judges that move weights differently still see
@@ -175,9 +176,10 @@ class Traffic:
                     out.extend(self._requests(arm, ts[mask], period, t))
             if cfg.shadow and weight == 0:
                 out.extend(self._requests("shadow", ts, period, t))
-        ready = [fb for due, fb in self.pending_fb if due <= t + cfg.tick_s]
-        self.pending_fb = [(due, fb) for due, fb in self.pending_fb if due > t + cfg.tick_s]
-        out.extend(ready)
+        horizon = t + cfg.tick_s
+        pending = self.pending_fb
+        while pending and pending[0][0] <= horizon:
+            out.append(heapq.heappop(pending)[2])
         out.sort(key=lambda e: e.ts)
         return out
 
@@ -217,26 +219,24 @@ class Traffic:
         out: list[Event] = []
         rid = self.cfg.rollout_id
         arm_: Any = arm
+        first = self.req + 1
+        self.req += k
+        ts_l, lat_l, tok_l, inp_l, cost_l = ts.tolist(), lat.tolist(), tok.tolist(), inp.astype(np.int64).tolist(), cost.tolist()
+        err_l, ref_l = err.tolist(), ref.tolist()
+        # positional construction (field order of InferenceEvent) is the fast path for msgspec
         for i in range(k):
-            self.req += 1
-            req_id = f"r{self.req}"
-            t = float(ts[i])
             out.append(InferenceEvent(
-                rollout_id=rid, arm=arm_, request_id=req_id, ts=t, latency_ms=float(lat[i]),
-                output_tokens=int(tok[i]), status="error" if err[i] else "ok", refusal=bool(ref[i]),
-                input_tokens=int(inp[i]), cost_usd=float(cost[i]), model=model, model_digest=digest,
+                rid, arm_, f"r{first + i}", ts_l[i], lat_l[i], tok_l[i], "error" if err_l[i] else "ok", ref_l[i],
+                inp_l[i], cost_l[i], model, digest,
             ))  # fmt: skip
-            if arm != "shadow" and not err[i]:
-                val: Any
-                if u[i] < p_neg:
-                    val = "down"
-                elif u[i] < p_neg + b["positive_feedback_rate"]:
-                    val = "up"
-                else:
-                    continue
+        if arm != "shadow":
+            fb = (~err) & (u < p_neg + b["positive_feedback_rate"])
+            for i in np.flatnonzero(fb).tolist():
+                t = ts_l[i]
                 fb_ts = t + float(delays[i])
-                self.pending_fb.append((fb_ts, FeedbackEvent(
-                    rollout_id=rid, arm=arm_, request_id=req_id, ts=fb_ts, value=val, request_ts=t)))  # fmt: skip
+                val: Any = "down" if u[i] < p_neg else "up"
+                heapq.heappush(self.pending_fb, (fb_ts, first + i, FeedbackEvent(
+                    rid, arm_, f"r{first + i}", fb_ts, val, t)))  # fmt: skip
         return out
 
 
