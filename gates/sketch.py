@@ -105,6 +105,13 @@ def count_above(store: dict[int, int], threshold: float) -> int:
     return sum(c for k, c in store.items() if k > kt)
 
 
+def shifted(store: dict[int, int], by: int) -> dict[int, int]:
+    """The sketch of every value multiplied by GAMMA**by (zeros stay zeros)."""
+    if by == 0:
+        return store
+    return {(k if k == ZERO_KEY else k + by): c for k, c in store.items()}
+
+
 def cdf_distance(a: dict[int, int], b: dict[int, int]) -> float:
     """Kolmogorov-Smirnov distance between the two sketched distributions."""
     na, nb = total(a), total(b)
