@@ -19,7 +19,7 @@ from gates import sketch
 from gates.decision import GateResult
 from gates.policy import RolloutPolicy
 from gates.stats import RatioEstimate, block_proportion, design_effect, ratio_of_means
-from gates.window import Window, columns
+from gates.window import SQ_UNIT, Window, columns
 
 FIELDS = (
     "n", "bad", "cost_n", "cost", "cost_sq", "tok", "tok_sq",
@@ -144,7 +144,9 @@ def cost_gate(c: Ctx) -> GateResult:
     g = c.p.gates.cost
     t, b = c.cols_t, c.cols_b
     samples = c.samples(int(t["cost_n"].sum()), int(b["cost_n"].sum()))
-    args = (t["cost"], t["cost_n"], float(t["cost_sq"].sum()), b["cost"], b["cost_n"], float(b["cost_sq"].sum()))
+    # cost is summed in nano-dollars, its squares in micro-dollars: bring the squares to nano units
+    sq = float(SQ_UNIT * SQ_UNIT)
+    args = (t["cost"], t["cost_n"], float(t["cost_sq"].sum()) * sq, b["cost"], b["cost_n"], float(b["cost_sq"].sum()) * sq)
     est_h = ratio_of_means(*args, z=c.z_halt)
     est_p = ratio_of_means(*args, z=c.z_promote)
     res = _ratio_verdict(c, "cost", "cost per request", est_h, est_p, g.max_ratio, samples)
@@ -237,7 +239,9 @@ def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool
             [0 if getattr(r, metric) is None else c.count_above(getattr(r, metric), threshold) for r in t_rows],
             dtype=np.float64,
         )
-        pr = block_proportion(k, n_blocks, z=z)
+        # the design effect comes from the arm's log-quantity means, not from these counts: it must not
+        # change with the threshold, or a looser limit could pass less often than a stricter one
+        pr = block_proportion(k, n_blocks, z=z, deff=deff_t)
         return pr.p, pr.lower, pr.upper
 
     ratio = qt[0] / qb_h[0]

@@ -1,4 +1,8 @@
-"""Onset alarms from river's ADWIN on each arm's log output length and refusal bits.
+"""Onset alarms from river's ADWIN on each arm's log output length and refusal rate.
+
+ADWIN is fed one value per arm and signal at every evaluation tick (the tick's mean), computed from
+integer running totals, so the alarms depend neither on batching nor on the order of events
+within a tick.
 
 ADWIN finds a change within one stream, not a difference between arms, so it does not gate:
 it tells when the tested arm changed while the baseline did not, and the engine then restarts
@@ -11,16 +15,16 @@ import math
 import pickle
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 from river import drift
 
-BASELINE_STRIDE = 10  # the baseline is only a reference for common-mode shifts: every 10th event
+from gates.sketch import LN_GAMMA
+
 SIGNALS = ("log_length", "refusal")
 
 
 class DriftState(msgspec.Struct):
-    seen: dict[str, int] = {}  # arm -> events seen (for the baseline's stride)
+    acc: dict[str, list[int]] = {}  # arm -> running [requests, sum of log-length keys, refusals]
+    fed: dict[str, list[int]] = {}  # arm -> the running totals at the last tick fed to ADWIN
     handled: float = -math.inf  # onsets at or before this event time were already judged
     detectors: bytes = b""  # pickled {(arm, signal): ADWIN}
     onset: dict[str, float] = {}  # "arm:signal" -> event time of the last detected change
@@ -40,30 +44,34 @@ class Detectors:
     def _det(self, arm: str, signal: str) -> drift.ADWIN:
         d = self.adwin.get((arm, signal))
         if d is None:
-            d = self.adwin[(arm, signal)] = drift.ADWIN(delta=1e-4)  # type: ignore[no-untyped-call]
+            d = self.adwin[(arm, signal)] = drift.ADWIN(  # type: ignore[no-untyped-call]
+                delta=1e-3, clock=4, min_window_length=5, grace_period=12
+            )
         return d
 
-    def feed(
-        self, arm: str, ts: npt.NDArray[np.float64], tokens: npt.NDArray[np.int64], refusal: npt.NDArray[np.int64]
-    ) -> None:
-        """Per-event updates (river's ADWIN costs well under a microsecond each); an onset is stamped
-        with the event time of the event that revealed it, so batching does not matter."""
-        seen = self.state.seen.get(arm, 0)
-        self.state.seen[arm] = seen + len(ts)
-        if arm == "baseline":
-            first = (-seen) % BASELINE_STRIDE
-            idx = slice(first, None, BASELINE_STRIDE)
-            ts, tokens, refusal = ts[idx], tokens[idx], refusal[idx]
-        loglen = np.log1p(tokens.astype(np.float64)).tolist()
-        refs = refusal.astype(np.float64).tolist()
-        times = ts.tolist()
-        for signal, vals in (("log_length", loglen), ("refusal", refs)):
+    def count(self, arm: str, n: int, len_keys: int, refusals: int) -> None:
+        """Fold a batch into the running totals (integers: order and batching do not matter)."""
+        acc = self.state.acc.setdefault(arm, [0, 0, 0])
+        acc[0] += n
+        acc[1] += len_keys
+        acc[2] += refusals
+
+    def tick(self, arm: str, t: float) -> None:
+        """Feed ADWIN this tick's means for ``arm``; stamp an onset with the tick time."""
+        acc = self.state.acc.get(arm)
+        if acc is None:
+            return
+        fed = self.state.fed.setdefault(arm, [0, 0, 0])
+        n = acc[0] - fed[0]
+        if n <= 0:
+            return
+        values = {"log_length": (acc[1] - fed[1]) / n * LN_GAMMA, "refusal": (acc[2] - fed[2]) / n}
+        self.state.fed[arm] = list(acc)
+        for signal, v in values.items():
             det = self._det(arm, signal)
-            update = det.update
-            for i, v in enumerate(vals):
-                update(v)  # type: ignore[no-untyped-call]
-                if det.drift_detected:
-                    self.state.onset[f"{arm}:{signal}"] = times[i]
+            det.update(v)  # type: ignore[no-untyped-call]
+            if det.drift_detected:
+                self.state.onset[f"{arm}:{signal}"] = t
 
 
 # A change must be at least this large, against the baseline's change over the same blocks, to

@@ -8,6 +8,7 @@ so the state does not depend on batching either.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from gates.drift import MIN_SHIFT, Detectors, DriftState, canary_onset
 from gates.events import Event, FeedbackEvent, InferenceEvent
 from gates.policy import PolicySet, RolloutPolicy
 from gates.sketch import LN_GAMMA
+from gates.sketch import keys_of as _keys_of
 from gates.stats import cs_z
 
 SHADOW = "shadow"
@@ -80,6 +82,12 @@ class RolloutStatus:
 
 ARM_CODE = {"baseline": 0, "canary": 1, "shadow": 2}
 _TS = operator.attrgetter("ts")
+_RID = operator.attrgetter("rollout_id")
+_NUMERIC = (operator.attrgetter("ts"), operator.attrgetter("latency_ms"), operator.attrgetter("output_tokens"))
+_STATUS = operator.attrgetter("status")
+_REFUSAL = operator.attrgetter("refusal")
+_COST = operator.attrgetter("cost_usd")
+_ARM = operator.attrgetter("arm")
 ARM_NAMES = ("baseline", "canary", "shadow")
 
 
@@ -126,6 +134,7 @@ class Engine:
         det = self._detectors.get(rollout_id)
         if det is not None:
             det.dump()
+        win.canonicalize(st.window)  # equal states encode to equal bytes, however they were batched
         return _encoder.encode(st)
 
     def restore(self, rollout_id: str, blob: bytes) -> None:
@@ -144,16 +153,15 @@ class Engine:
 
         With ``source``/``offset`` (one Kafka message), a rollout that already holds this offset
         for the source skips the events: they were counted before a restart."""
-        groups: dict[str, list[Event]] = {}
-        for e in events:
-            g = groups.get(e.rollout_id)
-            if g is None:
-                g = groups[e.rollout_id] = []
-            g.append(e)
+        # a stable sort by rollout keeps each rollout's events in order, and runs in C
+        ordered = sorted(events, key=_RID)
         out: list[Decision] = []
-        for rid, evs in groups.items():
-            out.extend(self._ingest_rollout(rid, evs, source, offset))
-        if len(groups) > 1:
+        many = False
+        for rid, group in itertools.groupby(ordered, key=_RID):
+            if out:
+                many = True
+            out.extend(self._ingest_rollout(rid, list(group), source, offset))
+        if many:
             out.sort(key=lambda d: d.ts)  # stable: per-rollout order is kept
         return out
 
@@ -200,12 +208,16 @@ class Engine:
                 pend.extend(evs[i:])
                 st.watermark = max(st.watermark, float(runmax[-1]))
                 break
-            pend.extend(evs[i : j + 1])
-            st.watermark = max(st.watermark, float(runmax[j]))
-            d = self._evaluate(st, float(ts[j]))
+            # The tick is judged on the events before the first one at or past it, at the tick's own
+            # time: events may arrive in any order within a tick and give the same verdicts.
+            pend.extend(evs[i:j])
+            if j > i:
+                st.watermark = max(st.watermark, float(runmax[j - 1]))
+            tick = math.floor(float(ts[j]) / self.policy(rid).eval_seconds) * self.policy(rid).eval_seconds
+            d = self._evaluate(st, tick)
             if d is not None:
                 out.append(d)
-            i = j + 1
+            i = j
         return out
 
     def command(self, cmd: Command, source: str | None = None, offset: int | None = None) -> list[Decision]:
@@ -258,6 +270,7 @@ class Engine:
         p = self.policy(rollout_id)
         shadow = p.shadow.enabled
         weight = 0.0 if shadow else p.steps[0]
+        ts = math.floor(ts / p.eval_seconds) * p.eval_seconds  # the tick, whichever event came first
         st = RolloutState(
             rollout_id=rollout_id,
             stage=SHADOW if shadow else stage_name(weight),
@@ -265,6 +278,7 @@ class Engine:
             step_index=-1 if shadow else 0,
             step_start=ts,
             window=win.Window(start=ts, block_seconds=p.block_seconds),
+            next_eval=ts + p.eval_seconds,
         )
         if digest is not None:
             if arm == "baseline":
@@ -292,16 +306,17 @@ class Engine:
             det = self._detectors[st.rollout_id] = Detectors(st.drift)
         inf: list[InferenceEvent] = [e for e in evs if type(e) is InferenceEvent]
         if inf:
-            # one pass over the structs, then columns: cheaper than one generator per field
-            cols = np.array(
-                [(e.ts, e.latency_ms, e.output_tokens, e.status == "error", e.refusal,
-                  -1.0 if e.cost_usd is None else e.cost_usd, ARM_CODE[e.arm]) for e in inf],
-                dtype=np.float64,
-            ).T  # fmt: skip
-            cost = cols[5]
-            missing = np.flatnonzero(cost < 0)
+            # columns through C-level attribute getters: cheaper than building a tuple per event
+            n_inf = len(inf)
+            cols = [np.fromiter(map(g, inf), np.float64, n_inf) for g in _NUMERIC]
+            err_col = np.fromiter(map(_STATUS, inf), dtype="U5", count=n_inf) == "error"
+            ref_col = np.fromiter(map(_REFUSAL, inf), bool, n_inf)
+            cost = np.array(list(map(_COST, inf)), dtype=np.float64)  # None -> NaN: priced below
+            missing = np.flatnonzero(np.isnan(cost))
             if missing.size:
                 cost[missing] = [_cost(inf[i], p) for i in missing.tolist()]
+            cols += [err_col.astype(np.float64), ref_col.astype(np.float64), cost,
+                     np.fromiter(map(ARM_CODE.__getitem__, map(_ARM, inf)), np.float64, n_inf)]
             arms = cols[6].astype(np.int64)
             for code in np.unique(arms).tolist():
                 arm = ARM_NAMES[code]
@@ -314,7 +329,7 @@ class Engine:
                     w, arm, cols[0][m], cols[1][m], tok, np.maximum(err, ref), err, ref, cost[m],
                     keep_block_sketches=arm != "baseline",
                 )  # fmt: skip
-                det.feed(arm, cols[0][m], tok, ref)
+                det.count(arm, k, int(np.maximum(sketch_keys(tok), win.LOG_KEY_FLOOR).sum()), int(ref.sum()))
                 if (st.baseline_digest if arm == "baseline" else st.canary_digest) is None:
                     digest = next((e.model_digest for e in inf if e.arm == arm and e.model_digest), None)
                     if arm == "baseline":
@@ -339,12 +354,18 @@ class Engine:
         st.next_eval = (math.floor(now / p.eval_seconds) + 1) * p.eval_seconds
         arm = SHADOW if st.stage == SHADOW else "canary"
         w = st.window
+        det = self._detectors.get(st.rollout_id)
+        if det is None:
+            det = self._detectors[st.rollout_id] = Detectors(st.drift)
+        det.tick(arm, now)
+        det.tick("baseline", now)
         onset = canary_onset(st.drift, arm, since=w.start, tolerance=2 * p.block_seconds)
         if onset is not None:
             signal, t = onset
-            st.drift.handled = t
             cut = (math.floor(t / p.block_seconds) - 2) * p.block_seconds  # ADWIN reveals a change late
             shift = _shift(w, arm, signal, cut)
+            if shift is not None:  # judged once there are blocks on both sides of the cut
+                st.drift.handled = t
             if shift is not None and abs(shift) >= MIN_SHIFT[signal]:
                 key = f"{arm}:{signal}"
                 st.drift.alarms[key] = st.drift.alarms.get(key, 0) + 1
@@ -488,6 +509,10 @@ class Engine:
             reason=reason,
             trigger=trigger,
         )
+
+
+def sketch_keys(tokens: np.ndarray) -> np.ndarray:
+    return _keys_of(tokens.astype(np.float64))
 
 
 def _cost(e: InferenceEvent, p: RolloutPolicy) -> float:

@@ -24,12 +24,14 @@ NEGATIVE_FEEDBACK: frozenset[str] = frozenset({"down", "ticket"})
 # refuses (an RFC 3339 ts, a null refusal, a bad value) is re-read by the lenient path below,
 # which accepts what the contract allows and names the problem otherwise.
 _Id = Annotated[str, msgspec.Meta(min_length=1)]
-_Time = Annotated[float, msgspec.Meta(ge=0, le=1e11)]
+MAX_TS = 1e11  # year 5138: a larger ts is epoch milliseconds or microseconds by mistake
+_Time = Annotated[float, msgspec.Meta(ge=0, le=MAX_TS)]
 _NonNeg = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+MAX_COUNT = 10**9  # no request has a billion tokens; larger values are garbage (and overflow int64 columns)
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 
 
-class InferenceEvent(msgspec.Struct, frozen=True, gc=False):
+class InferenceEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="inference"):
     rollout_id: _Id
     arm: Literal["baseline", "canary", "shadow"]
     request_id: _Id
@@ -42,14 +44,13 @@ class InferenceEvent(msgspec.Struct, frozen=True, gc=False):
     cost_usd: _NonNeg | None = None
     model: str | None = None
     model_digest: str | None = None
-    type: Literal["inference"] = "inference"
 
     @property
     def is_error(self) -> bool:
         return self.status == "error"
 
 
-class FeedbackEvent(msgspec.Struct, frozen=True, gc=False):
+class FeedbackEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="feedback"):
     rollout_id: _Id
     arm: Literal["baseline", "canary", "shadow"]
     request_id: _Id
@@ -58,7 +59,6 @@ class FeedbackEvent(msgspec.Struct, frozen=True, gc=False):
     # Additive, optional: when the producer knows it, the time of the request the feedback is
     # about. It lets the feedback gate attribute late feedback to the right time block exactly.
     request_ts: _Time | None = None
-    type: Literal["feedback"] = "feedback"
 
     @property
     def negative(self) -> bool:
@@ -97,9 +97,13 @@ class _Wire(msgspec.Struct, gc=False):
 
 
 _wire_decoder = msgspec.json.Decoder(_Wire)
+# Fast paths, strict and in C. With "type" present, the tagged union reads either kind. Without it
+# the contract says inference, which the plain InferenceEvent decoder reads (it refuses a "type"
+# other than "inference"). Anything refused goes to the lenient path, which names the problem.
+_union_decoder = msgspec.json.Decoder(InferenceEvent | FeedbackEvent)
+_union_list_decoder = msgspec.json.Decoder(list[InferenceEvent | FeedbackEvent])
 _inference_decoder = msgspec.json.Decoder(InferenceEvent)
 _inference_list_decoder = msgspec.json.Decoder(list[InferenceEvent])
-_feedback_decoder = msgspec.json.Decoder(FeedbackEvent)
 _wire_list_decoder = msgspec.json.Decoder(list[_Wire])
 
 
@@ -111,6 +115,8 @@ def parse_ts(value: Any, field: str = "ts") -> float:
         f = float(value)
         if not math.isfinite(f) or f < 0:
             raise ValueError(f"{field} must be a finite, non-negative epoch time")
+        if f > MAX_TS:
+            raise ValueError(f"{field} must be epoch seconds (this looks like milliseconds or later)")
         return f
     if isinstance(value, str):
         try:
@@ -170,6 +176,8 @@ def _int(w: _Wire, field: str, *, required: bool) -> int | None:
             raise ValueError(f"{field} must be an integer")
     if v < 0:
         raise ValueError(f"{field} must be >= 0")
+    if v > MAX_COUNT:
+        raise ValueError(f"{field} must be <= {MAX_COUNT:,}")
     return int(v)
 
 
@@ -251,19 +259,19 @@ def decode_message(raw: bytes) -> list[Decoded]:
     head = raw.lstrip()[:1]
     try:
         if head == b"[":
-            try:
-                return list(_inference_list_decoder.decode(raw))
-            except msgspec.DecodeError:
-                pass
+            for dec in (_union_list_decoder, _inference_list_decoder):
+                try:
+                    return list(dec.decode(raw))
+                except msgspec.DecodeError:
+                    pass
             out = [_one(w) for w in _wire_list_decoder.decode(raw)]
             if any(type(d) is Rejection for d in out):
                 return _decode_slow(raw)  # to keep each bad element's original JSON
             return out
         if head == b"{":
-            try:
-                return [_feedback_decoder.decode(raw) if b'"feedback"' in raw else _inference_decoder.decode(raw)]
-            except msgspec.DecodeError:
-                pass
+            fast = _fast_one(raw)
+            if fast is not None:
+                return [fast]
             return [_one(_wire_decoder.decode(raw), raw)]
     except msgspec.ValidationError:
         pass  # an element is not an object, or a field has a type msgspec refuses: go slow
@@ -294,17 +302,31 @@ def _decode_slow(raw: bytes) -> list[Decoded]:
 
 
 
+def _fast_one(raw: bytes) -> Event | None:
+    try:
+        return _union_decoder.decode(raw)  # type: ignore[no-any-return]
+    except msgspec.DecodeError:
+        pass
+    try:
+        return _inference_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
 def decode_lines(lines: list[bytes]) -> list[Decoded]:
     """Decode JSONL lines (one event per line); blank lines are skipped."""
+    try:
+        # the whole chunk in one call when every line is a well-formed event with its "type"
+        return list(_union_decoder.decode_lines(b"".join(lines)))
+    except msgspec.DecodeError:
+        pass
     out: list[Decoded] = []
     append = out.append
-    inf_decode, fb_decode = _inference_decoder.decode, _feedback_decoder.decode
     for line in lines:
-        try:
-            append(fb_decode(line) if b'"feedback"' in line else inf_decode(line))
+        fast = _fast_one(line)
+        if fast is not None:
+            append(fast)
             continue
-        except msgspec.DecodeError:
-            pass
         line = line.strip()
         if not line:
             continue
@@ -320,9 +342,10 @@ def decode_lines(lines: list[bytes]) -> list[Decoded]:
 
 
 def encode_event(event: Event) -> bytes:
-    """The contract's JSON for an event (fields left at None are omitted)."""
-    d = msgspec.structs.asdict(event)
-    return orjson.dumps({k: v for k, v in d.items() if v is not None})
+    """The contract's JSON for an event, with its "type" (fields left at None are omitted)."""
+    d = {"type": "feedback" if type(event) is FeedbackEvent else "inference"}
+    d.update((k, v) for k, v in msgspec.structs.asdict(event).items() if v is not None)
+    return orjson.dumps(d)
 
 
 def reason_code(reason: str) -> str:

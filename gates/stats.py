@@ -113,9 +113,10 @@ def wilson(k: float, n: float, z: float) -> tuple[float, float]:
     return max((mid - half) / den, 0.0), min((mid + half) / den, 1.0)
 
 
-def block_proportion(k: FloatArray, n: FloatArray, *, z: float) -> Proportion:
+def block_proportion(k: FloatArray, n: FloatArray, *, z: float, deff: float | None = None) -> Proportion:
     """A proportion over blocks: Wilson bounds on the effective sample size, where the design
-    effect (cluster variance over binomial variance, at least 1) shrinks n."""
+    effect (cluster variance over binomial variance, at least 1) shrinks n. Pass ``deff`` to use a
+    design effect measured elsewhere (it then cannot depend on these counts)."""
     big_n = float(n.sum())
     if big_n <= 0:
         return Proportion(math.nan, 0.0, 1.0, 0)
@@ -123,11 +124,14 @@ def block_proportion(k: FloatArray, n: FloatArray, *, z: float) -> Proportion:
     p = kk / big_n
     used = n > 0
     b = int(used.sum())
-    deff = 1.0
-    if b >= 2 and 0 < p < 1:
+    if deff is not None:
+        deff = max(1.0, deff)
+    elif b >= 2 and 0 < p < 1:
         resid = k[used] - p * n[used]
         v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
         deff = max(1.0, v_cl / (p * (1 - p) / big_n))
+    else:
+        deff = 1.0
     n_eff = big_n / deff
     lo, hi = wilson(p * n_eff, n_eff, z)
     return Proportion(p, lo, hi, int(big_n))

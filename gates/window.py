@@ -33,7 +33,7 @@ class ArmBlock(msgspec.Struct):
     refusals: int = 0
     cost_n: int = 0  # requests with a known cost
     cost: int = 0
-    cost_sq: int = 0
+    cost_sq: int = 0  # sum of squared costs in micro-dollars (nano-dollar squares overflow 64 bits)
     tok: int = 0
     tok_sq: int = 0
     lat_k: int = 0  # sum of log-latency keys (for the design effect of latency)
@@ -89,9 +89,18 @@ def _isum(a: IntArray) -> int:
     return int(a.sum()) if a.size else 0
 
 
-def _bigsum(a: IntArray) -> int:
-    # squares of nano-dollar costs can pass 2**63 in one flush: add them as Python ints
-    return sum(a.tolist())
+SQ_UNIT = 1_000  # nano-dollars per micro-dollar, the unit of cost_sq
+
+
+def _square_sum_micro(cost_nano: IntArray) -> int:
+    """Exact sum of squared costs in micro-dollars, as a Python int: a $1 call adds 1e12, so a block
+    holds millions of dollar-sized calls within the 64 bits that msgpack encodes."""
+    if cost_nano.size == 0:
+        return 0
+    micro = (cost_nano + SQ_UNIT // 2) // SQ_UNIT
+    if int(micro.max()) < 3_000_000_000 and micro.size * int(micro.max()) ** 2 < 2**62:
+        return int((micro * micro).sum())
+    return sum(m * m for m in micro.tolist())
 
 
 def add_inference(
@@ -137,7 +146,7 @@ def add_inference(
         c = cost_i[m & has_cost]
         ab.cost_n += int(c.size)
         ab.cost += _isum(c)
-        ab.cost_sq += _bigsum(c * c) if c.size and int(c.max()) > 3_000_000_000 else _isum(c * c)
+        ab.cost_sq += _square_sum_micro(c)
         t = tokens[m]
         ab.tok += _isum(t)
         ab.tok_sq += _isum(t * t)
@@ -201,3 +210,21 @@ def columns(w: Window, arm: str, fields: Iterable[str]) -> dict[str, Any]:
     out["_blocks"] = order
     out["_rows"] = rows
     return out
+
+
+def _sorted_dict(d: dict[int, int]) -> dict[int, int]:
+    return dict(sorted(d.items()))
+
+
+def canonicalize(w: Window) -> None:
+    """Put every mapping of the window in key order, so that equal windows encode to equal bytes
+    (sketches otherwise keep the order in which batches happened to add their keys)."""
+    w.blocks = {b: {a: w.blocks[b][a] for a in sorted(w.blocks[b])} for b in sorted(w.blocks)}
+    for arms in w.blocks.values():
+        for ab in arms.values():
+            if ab.lat is not None:
+                ab.lat = _sorted_dict(ab.lat)
+            if ab.len is not None:
+                ab.len = _sorted_dict(ab.len)
+    w.lat = {a: _sorted_dict(w.lat[a]) for a in sorted(w.lat)}
+    w.len = {a: _sorted_dict(w.len[a]) for a in sorted(w.len)}

@@ -34,7 +34,7 @@ def _policy(path: Path | None):  # type: ignore[no-untyped-def]
         raise fail(f"{exc}") from None
 
 
-def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = None, chunk_lines: int = 4096):  # type: ignore[no-untyped-def]
+def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = None, chunk_lines: int = 16384):  # type: ignore[no-untyped-def]
     """Fold a JSONL event log through the engine; write decision JSONL to ``out``.
 
     Returns (events, rejections by reason, decisions by action)."""

@@ -1,0 +1,239 @@
+"""Estimators against numpy/scipy, and the core claim: a confidence sequence re-checked at every
+look keeps its error rate, where a fixed-horizon interval re-checked at every look does not."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import binomtest, norm
+
+from gates.stats import arm_mean_var, block_proportion, cs_z, design_effect, ratio_of_means, wilson
+
+
+def _blocks(values: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-block sums and counts of per-request values, and the sum of squares."""
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    x = np.array([values[a:b].sum() for a, b in itertools.pairwise(edges)], dtype=np.float64)
+    return x, sizes.astype(np.float64), float(np.dot(values, values))
+
+
+def _arm(rng: np.random.Generator, blocks: int, mean: float, *, block_noise: float = 0.0,
+         size: int = 50) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:  # fmt: skip
+    sizes = rng.poisson(size, blocks) + 1
+    level = mean * (1 + rng.uniform(-block_noise, block_noise, blocks)) if block_noise else np.full(blocks, mean)
+    vals = np.concatenate([rng.exponential(level[i], sizes[i]) for i in range(blocks)])
+    x, n, sq = _blocks(vals, sizes)
+    return x, n, sq, vals
+
+
+# ---- ratio_of_means -------------------------------------------------------------------------------
+
+
+@given(st.integers(0, 10**6), st.integers(1, 60), st.integers(1, 60))
+@settings(max_examples=40, deadline=None, derandomize=True)
+def test_ratio_point_estimate_is_the_ratio_of_numpy_means(seed: int, bc: int, bb: int) -> None:
+    rng = np.random.default_rng(seed)
+    xc, nc, sqc, vc = _arm(rng, bc, 2.0)
+    xb, nb, sqb, vb = _arm(rng, bb, 1.5)
+    est = ratio_of_means(xc, nc, sqc, xb, nb, sqb, z=1.96)
+    assert est is not None
+    assert est.canary == pytest.approx(np.mean(vc), rel=1e-12)
+    assert est.baseline == pytest.approx(np.mean(vb), rel=1e-12)
+    assert est.ratio == pytest.approx(np.mean(vc) / np.mean(vb), rel=1e-12)
+    assert est.lower <= est.ratio <= est.upper
+    assert est.blocks == min(bc, bb)
+    # the bound is symmetric on the log scale with half-width z * log_se
+    assert math.log(est.upper / est.ratio) == pytest.approx(1.96 * est.log_se, rel=1e-9)
+    assert math.log(est.ratio / est.lower) == pytest.approx(1.96 * est.log_se, rel=1e-9)
+
+
+def test_ratio_of_means_with_smoothing_is_the_smoothed_ratio() -> None:
+    k_c, n_c, k_b, n_b = np.array([3.0, 1.0]), np.array([500.0, 500.0]), np.array([1.0, 0.0]), np.array([800.0, 700.0])
+    est = ratio_of_means(k_c, n_c, 0.0, k_b, n_b, 0.0, z=2.0, smooth=0.002, binary=True)
+    assert est is not None
+    assert est.ratio == pytest.approx((4 / 1000 + 0.002) / (1 / 1500 + 0.002), rel=1e-12)
+    # 0 errors in the baseline is still a finite ratio thanks to the smoothing
+    zero = ratio_of_means(k_c, n_c, 0.0, np.zeros(2), n_b, 0.0, z=2.0, smooth=0.002, binary=True)
+    assert zero is not None and math.isfinite(zero.upper)
+    assert ratio_of_means(k_c, n_c, 0.0, np.zeros(2), n_b, 0.0, z=2.0, binary=True) is None
+
+
+def test_ratio_of_means_without_data_is_none() -> None:
+    some = np.array([1.0, 2.0])
+    assert ratio_of_means(np.zeros(0), np.zeros(0), 0.0, some, some, 5.0, z=2) is None
+    assert ratio_of_means(some, some, 5.0, np.zeros(2), np.zeros(2), 0.0, z=2) is None
+
+
+def test_log_se_with_iid_blocks_is_the_delta_method_se() -> None:
+    rng = np.random.default_rng(42)
+    xc, nc, sqc, vc = _arm(rng, 400, 3.0)
+    xb, nb, sqb, vb = _arm(rng, 400, 2.0)
+    est = ratio_of_means(xc, nc, sqc, xb, nb, sqb, z=1.0)
+    assert est is not None
+    # delta method for log(mean_c / mean_b) of independent samples, by hand
+    se_hand = math.sqrt(
+        np.var(vc, ddof=1) / (len(vc) * np.mean(vc) ** 2) + np.var(vb, ddof=1) / (len(vb) * np.mean(vb) ** 2)
+    )
+    # the estimator is max(cluster, i.i.d.): never below the i.i.d. value, and with i.i.d. blocks the
+    # cluster estimate differs from it by its sampling noise only (~5% of the SE with 400 blocks)
+    assert 0.99 * se_hand <= est.log_se <= 1.12 * se_hand, (est.log_se, se_hand)
+
+
+def _mc_log_ratio(block_noise: float, reps: int, seed: int) -> tuple[float, float, float]:
+    """Monte-Carlo: (sd of log ratio, mean reported log_se, mean i.i.d. delta-method se)."""
+    rng = np.random.default_rng(seed)
+    logs, ses, iid = [], [], []
+    for _ in range(reps):
+        xc, nc, sqc, vc = _arm(rng, 40, 1.0, block_noise=block_noise)
+        xb, nb, sqb, vb = _arm(rng, 40, 1.0, block_noise=block_noise)
+        est = ratio_of_means(xc, nc, sqc, xb, nb, sqb, z=1.0)
+        assert est is not None
+        logs.append(math.log(est.ratio))
+        ses.append(est.log_se)
+        iid.append(math.sqrt(np.var(vc) / (len(vc) * np.mean(vc) ** 2) + np.var(vb) / (len(vb) * np.mean(vb) ** 2)))
+    return float(np.std(logs, ddof=1)), float(np.mean(ses)), float(np.mean(iid))
+
+
+def test_log_se_is_calibrated_with_iid_data() -> None:
+    sd, se, iid = _mc_log_ratio(0.0, 400, seed=7)
+    assert se == pytest.approx(sd, rel=0.12)
+    assert se == pytest.approx(iid, rel=0.08)
+
+
+def test_log_se_carries_block_level_noise_that_per_request_variance_misses() -> None:
+    # +-40% run-to-run level noise per block: the real spread is much wider than the i.i.d. SE says
+    sd, se, iid = _mc_log_ratio(0.4, 400, seed=8)
+    assert sd > 1.5 * iid
+    assert se == pytest.approx(sd, rel=0.15)
+
+
+def test_arm_mean_var_single_block_falls_back_to_iid_variance() -> None:
+    r, v, b = arm_mean_var(np.array([30.0]), np.array([10.0]), 100.0, binary=False)
+    assert (r, b) == (3.0, 1)
+    assert v == pytest.approx((100.0 / 10 - 9.0) / 10)
+
+
+# ---- proportions ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conf", [0.8, 0.9, 0.95, 0.99])
+@pytest.mark.parametrize("k,n", [(0, 50), (1, 50), (7, 200), (100, 200), (199, 200), (200, 200), (3, 10_000)])
+def test_wilson_matches_scipy(k: int, n: int, conf: float) -> None:
+    z = float(norm.ppf(1 - (1 - conf) / 2))
+    ref = binomtest(k, n).proportion_ci(confidence_level=conf, method="wilson")
+    lo, hi = wilson(k, n, z)
+    assert lo == pytest.approx(ref.low, abs=1e-12)
+    assert hi == pytest.approx(ref.high, abs=1e-12)
+
+
+@pytest.mark.parametrize("conf", [0.9, 0.95])
+def test_block_proportion_with_design_effect_one_is_wilson(conf: float) -> None:
+    z = float(norm.ppf(1 - (1 - conf) / 2))
+    # identical proportions in every block: no between-block spread, design effect 1
+    k, n = np.array([6.0, 6.0, 6.0, 6.0]), np.array([200.0, 200.0, 200.0, 200.0])
+    pr = block_proportion(k, n, z=z)
+    ref = binomtest(24, 800).proportion_ci(confidence_level=conf, method="wilson")
+    assert pr.p == 24 / 800 and pr.n == 800
+    assert (pr.lower, pr.upper) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high, abs=1e-12))
+    # one block has no between-block variance to estimate: also plain Wilson
+    one = block_proportion(np.array([24.0]), np.array([800.0]), z=z)
+    assert (one.lower, one.upper) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high, abs=1e-12))
+
+
+def test_block_proportion_widens_with_overdispersed_blocks() -> None:
+    z = 1.96
+    k, n = np.array([0.0, 30.0, 2.0, 40.0]), np.array([200.0, 200.0, 200.0, 200.0])
+    pr = block_proportion(k, n, z=z)
+    plain = wilson(72, 800, z)
+    assert pr.p == pytest.approx(72 / 800)
+    assert pr.lower < plain[0] and pr.upper > plain[1]
+    assert block_proportion(np.zeros(0), np.zeros(0), z=z).n == 0
+
+
+def test_design_effect_is_one_for_iid_and_large_for_clustered_blocks() -> None:
+    rng = np.random.default_rng(1)
+    n = np.full(300, 40.0)
+    vals = rng.normal(10, 2, (300, 40))
+    d_iid = design_effect(vals.sum(1), n, float((vals**2).sum()))
+    assert 1.0 <= d_iid < 1.3
+    shifted = vals + rng.normal(0, 2, (300, 1))  # a shared level per block
+    d_cl = design_effect(shifted.sum(1), n, float((shifted**2).sum()))
+    # theory: 1 + (m - 1) * icc with icc = 4 / (4 + 4) = 0.5, m = 40 -> about 20
+    assert 14 < d_cl < 27
+
+
+# ---- the confidence-sequence boundary -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.2, 0.4])
+@pytest.mark.parametrize("rho", [1.0, 8.0, 50.0])
+def test_cs_z_decreases_then_increases_slowly(alpha: float, rho: float) -> None:
+    t = np.geomspace(0.05, 1e7, 800)
+    z = np.array([cs_z(float(u), alpha, rho) for u in t])
+    i = int(np.argmin(z))
+    assert 0 < i < len(t) - 1
+    assert np.all(np.diff(z[: i + 1]) < 0) and np.all(np.diff(z[i:]) > 0)
+    # "slowly": like sqrt(log t). A hundredfold more data past the minimum widens it by under 50%
+    # (a fixed half-width on the sum itself would grow tenfold)
+    for u in (10 * rho, 100 * rho, 1000 * rho):
+        assert cs_z(100 * u, alpha, rho) / cs_z(u, alpha, rho) < 1.5
+    assert z[-1] / z[i] < 3.0
+
+
+@given(st.floats(0.001, 0.49), st.floats(0.5, 100.0), st.floats(0.01, 1e6))
+@settings(max_examples=50, deadline=None, derandomize=True)
+def test_cs_z_is_always_wider_than_the_fixed_horizon_z(alpha: float, rho: float, t: float) -> None:
+    assert cs_z(t, alpha, rho) > float(norm.ppf(1 - alpha / 2))
+
+
+def test_cs_z_is_tightest_near_rho() -> None:
+    for rho in (4.0, 8.0, 32.0):
+        t = np.arange(1, 400, dtype=np.float64)
+        z = [cs_z(float(u), 0.05, rho) for u in t]
+        best = t[int(np.argmin(z))]
+        assert rho / 4 <= best <= rho * 20
+
+
+def _crossing_rates(paths: int, looks: int, alpha: float, rho: float, seed: int, first: int = 3
+                    ) -> tuple[float, float]:  # fmt: skip
+    """Null: canary and baseline blocks from the same distribution, with block-level level noise like
+    LLM serving. After each new block, is ratio 1 outside the interval? Returns the share of paths
+    that ever excluded it, with the confidence sequence and with a fixed-horizon z."""
+    rng = np.random.default_rng(seed)
+    z_fixed = float(norm.ppf(1 - alpha / 2))
+    size = 40
+    ever_cs = ever_fixed = 0
+    for _ in range(paths):
+        sizes = rng.poisson(size, (2, looks)) + 1
+        level = 1 + rng.uniform(-0.15, 0.15, (2, looks))
+        means = rng.gamma(sizes * 4.0, level / 4.0) / sizes  # mean of `size` gamma(4) requests
+        sums = means * sizes
+        sq = (means**2 + level**2 / 4.0) * sizes  # its expected sum of squares
+        cs_hit = fixed_hit = False
+        for t in range(first, looks + 1):
+            est = ratio_of_means(sums[0, :t], sizes[0, :t].astype(float), float(sq[0, :t].sum()),
+                                 sums[1, :t], sizes[1, :t].astype(float), float(sq[1, :t].sum()), z=1.0)  # fmt: skip
+            assert est is not None
+            dev = abs(math.log(est.ratio)) / est.log_se
+            cs_hit = cs_hit or dev > cs_z(t, alpha, rho)
+            fixed_hit = fixed_hit or dev > z_fixed
+            if cs_hit and fixed_hit:
+                break
+        ever_cs += cs_hit
+        ever_fixed += fixed_hit
+    return ever_cs / paths, ever_fixed / paths
+
+
+def test_confidence_sequence_keeps_alpha_over_all_looks_where_a_fixed_z_does_not() -> None:
+    alpha, paths, looks = 0.05, 2000, 100
+    cs_rate, fixed_rate = _crossing_rates(paths, looks, alpha, rho=8.0, seed=2024)
+    mc_slack = 3 * math.sqrt(alpha * (1 - alpha) / paths)  # three Monte-Carlo standard errors
+    assert cs_rate <= alpha + mc_slack, cs_rate
+    # a 95% interval re-checked at 98 looks crosses far more often than 5% of the time
+    assert fixed_rate > 2 * alpha, fixed_rate
+    assert fixed_rate > cs_rate + 0.1
