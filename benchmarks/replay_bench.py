@@ -23,7 +23,6 @@ from pathlib import Path
 
 import orjson
 
-from gates.engine import Engine
 from gates.events import encode_event
 from gates.policy import PolicySet
 from gates.sim import Injection, SimConfig, Traffic

@@ -1,3 +1,78 @@
 """Registers every CLI command on the typer app (imported by stream.cli.main)."""
 
 from __future__ import annotations
+
+import os
+import shutil
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+
+from stream.cli import app
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+@app.command()
+def worker(
+    log_level: LogLevel = typer.Option(LogLevel.info, "--log-level", "-l", help="log verbosity"),
+) -> None:
+    """Run the streaming worker: events in, decisions out. Settings come from ROLLOUT_GATE_* variables."""
+    from stream.settings import SettingsError, load_settings
+    from stream.worker import run_worker
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        typer.echo(f"rollout-gate: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run_worker(settings, log_level.value))
+
+
+class KafkaAction(StrEnum):
+    start = "start"
+    stop = "stop"
+    status = "status"
+    restart = "restart"
+    logs = "logs"
+    reset = "reset"
+
+
+def kafka_script() -> Path | None:
+    """scripts/kafka-local of the source checkout this package runs from, if there is one."""
+    candidate = Path(__file__).resolve().parent.parent / "scripts" / "kafka-local"
+    return candidate if candidate.is_file() else None
+
+
+@app.command()
+def kafka(action: KafkaAction = typer.Argument(..., help="start | stop | status | restart | logs | reset")) -> None:
+    """Run the local single-node Kafka broker for development (scripts/kafka-local; env KAFKA_PORT...)."""
+    script = kafka_script()
+    if script is None:
+        typer.echo(
+            "rollout-gate: scripts/kafka-local is not here: this installation has no source checkout. "
+            "The local broker is a development tool; run it from a clone of the rollout-gate repository.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    bash = shutil.which("bash")
+    if bash is None:
+        typer.echo("rollout-gate: bash is required to run scripts/kafka-local", err=True)
+        raise typer.Exit(2)
+    os.execv(bash, [bash, str(script), action.value])
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def router(ctx: typer.Context) -> None:
+    """Run the reference router (connectors.router); every option is passed through, see `router --help`."""
+    from connectors.router import main as router_main
+
+    router_main(list(ctx.args))

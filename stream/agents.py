@@ -1,0 +1,125 @@
+"""The agents, the timer and the recovery hook. Each hands its input to the Processor and nothing more.
+
+Both agents keep concurrency=1: faust-streaming loses messages with concurrent actors on one
+topic (issue #606), and the engine is not meant to be fed from two tasks at once anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .app import Wiring
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EXIT_ENGINE_FAILURE = 70
+
+
+async def to_completion(aw: Awaitable[T]) -> T:
+    """Run a batch to its end even if the agent is cancelled meanwhile (worker shutdown).
+
+    take_events() acknowledges a batch when the agent leaves it, also on cancellation; if the
+    batch were cut in the middle its offsets would be committed without its state being
+    persisted. So the batch finishes first and the cancellation is re-raised after.
+    """
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
+    return result
+
+
+def fail_stop(what: str, exc: BaseException) -> None:
+    """An engine or producer failure: exit at once, before Faust commits the batch's offsets.
+
+    The state lives in Kafka (changelog + committed offsets), so a restarted worker resumes from
+    the last persisted batch; going on after a half-applied batch could count events twice.
+    """
+    log.critical("%s failed; stopping the worker without committing: %r", what, exc, exc_info=exc)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_ENGINE_FAILURE)
+
+
+def register(w: Wiring) -> None:
+    from .app import records
+
+    app, s, proc = w.app, w.settings, w.processor
+
+    @app.agent(w.events_topic, name=f"{s.app_id}.events", concurrency=1)
+    async def consume_events(stream: Any) -> None:
+        async for batch in stream.take_events(s.batch_max_messages, within=s.batch_within_seconds):
+            try:
+                await to_completion(proc.process_events(records(batch)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                fail_stop(f"batch of {len(batch)} messages from {s.events_topic}", exc)
+
+    @app.agent(w.commands_topic, name=f"{s.app_id}.commands", concurrency=1)
+    async def consume_commands(stream: Any) -> None:
+        async for batch in stream.take_events(100, within=s.batch_within_seconds):
+            try:
+                await to_completion(proc.process_commands(records(batch)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                fail_stop(f"batch of {len(batch)} commands from {s.commands_topic}", exc)
+
+    @app.timer(s.tick_seconds, name=f"{s.app_id}.tick")
+    async def tick() -> None:
+        try:
+            await to_completion(proc.tick())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            fail_stop("timer tick", exc)
+        await update_consumer_lag(w)
+
+    @w.table.on_recover
+    async def restore_engine() -> None:
+        # Called after the changelog is read and before the consumer resumes the source topics.
+        n = await proc.restore(w.owned_snapshots())
+        assigned = w.assigned(s.events_topic)
+        w.metrics.ready = bool(assigned)
+        log.info("restored %d rollouts from %s; events partitions %s", n, w.table.changelog_topic_name,
+                 sorted(assigned) or "none")
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        if revoked:
+            w.metrics.ready = False
+        for tp in revoked:  # whoever gets the partition next starts from the committed offset
+            proc.positions.pop((tp.topic, tp.partition), None)
+
+
+async def update_consumer_lag(w: Wiring) -> None:
+    consumer = w.app.consumer
+    for tp in consumer.assignment():
+        if tp.topic not in (w.settings.events_topic, w.settings.commands_topic):
+            continue
+        try:
+            highwater = consumer.highwater(tp)
+            position = w.processor.positions.get((tp.topic, tp.partition))
+            if position is None:
+                position = await consumer.position(tp)
+        except Exception:  # lag is best effort: the consumer may be rebalancing
+            continue
+        if highwater is not None and position is not None:
+            w.metrics.set_consumer_lag(tp.topic, tp.partition, highwater - position)

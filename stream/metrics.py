@@ -1,0 +1,241 @@
+"""Prometheus metrics and the small HTTP server that serves /metrics, /healthz and /readyz.
+
+The server runs in its own thread: Faust's web server and timers only start after table recovery,
+and a probe must answer during recovery too (readyz 503, healthz 200).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Metric,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gates.decision import Decision, Verdict
+
+log = logging.getLogger(__name__)
+
+_STATUS_CODE = {"pass": Verdict.PASS, "insufficient": Verdict.INSUFFICIENT, "breach": Verdict.BREACH}
+
+
+@dataclass(frozen=True, slots=True)
+class _RolloutView:
+    """What the per-rollout gauges show, copied from the engine's status after a batch."""
+
+    stage: str
+    weight_ratio: float
+    gates: tuple[tuple[str, int, float, float], ...]  # name, status code, ratio (NaN if none), threshold
+    samples: tuple[tuple[str, int], ...]
+    watermark: float
+
+
+class RolloutGauges(Collector):
+    """The per-rollout gauges, built at scrape time from one small record per rollout.
+
+    With thousands of rollouts, one prometheus_client child per series costs ~140 MB and a lock
+    per update at 10,000 rollouts; a record per rollout costs a few MB. The event-time lag is
+    computed at scrape time, so it keeps growing while a rollout is idle."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._views: dict[str, _RolloutView] = {}
+        self._lock = threading.Lock()
+        self._clock = clock
+
+    def update(self, rollout_id: str, view: _RolloutView) -> None:
+        with self._lock:
+            self._views[rollout_id] = view
+
+    def clear(self) -> None:
+        with self._lock:
+            self._views.clear()
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            items = sorted(self._views.items())
+        now = self._clock()
+        stage = GaugeMetricFamily("rollout_gate_stage_info", "Current stage of a rollout (1)",
+                                  labels=["rollout", "stage"])
+        weight = GaugeMetricFamily("rollout_gate_canary_weight_ratio", "Canary traffic share, 0..1",
+                                   labels=["rollout"])
+        status = GaugeMetricFamily("rollout_gate_gate_status",
+                                   "Last verdict of a gate: 0 pass, 1 insufficient, 2 breach",
+                                   labels=["rollout", "gate"])
+        ratio = GaugeMetricFamily("rollout_gate_gate_ratio", "Observed canary/baseline ratio of a gate",
+                                  labels=["rollout", "gate"])
+        threshold = GaugeMetricFamily("rollout_gate_gate_threshold_ratio", "Breach threshold of a gate",
+                                      labels=["rollout", "gate"])
+        samples = GaugeMetricFamily("rollout_gate_window_samples", "Requests in the comparison window",
+                                    labels=["rollout", "arm"])
+        lag = GaugeMetricFamily("rollout_gate_event_time_lag_seconds",
+                                "Wall clock minus the rollout's event-time watermark", labels=["rollout"])
+        for rid, v in items:
+            stage.add_metric([rid, v.stage], 1)
+            weight.add_metric([rid], v.weight_ratio)
+            for name, code, r, t in v.gates:
+                status.add_metric([rid, name], code)
+                ratio.add_metric([rid, name], r)
+                threshold.add_metric([rid, name], t)
+            for arm, n in v.samples:
+                samples.add_metric([rid, arm], n)
+            if math.isfinite(v.watermark):
+                lag.add_metric([rid], max(0.0, now - v.watermark))
+        return [stage, weight, status, ratio, threshold, samples, lag]
+
+
+class Metrics:
+    """Every metric of the worker, in its own registry (tests build as many as they like)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.rollouts = RolloutGauges(clock)
+        r.register(self.rollouts)
+        self.decisions = Counter("rollout_gate_decisions", "Decisions published",
+                                 ["rollout", "action"], registry=r)
+        self.events = Counter("rollout_gate_events", "Valid events consumed", ["arm"], registry=r)
+        self.rejected = Counter("rollout_gate_rejected_events", "Events sent to the dead-letter topic",
+                                ["reason"], registry=r)
+        self.consumer_lag = Gauge("rollout_gate_consumer_lag_messages",
+                                  "Highwater minus the next offset to process",
+                                  ["topic", "partition"], registry=r)
+        self.drift_alarms = Counter("rollout_gate_drift_alarms", "Drift alarms raised in a rollout",
+                                    ["rollout", "arm", "signal"], registry=r)
+        self.batch_seconds = Histogram("rollout_gate_batch_seconds", "Time to process one consumed batch",
+                                       registry=r,
+                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                1.0, 2.5, 5.0, 10.0))
+        self._drift_seen: dict[tuple[str, str, str], int] = {}
+        # /readyz and /healthz state, read from the server thread.
+        self.ready = False
+        self.heartbeat = time.monotonic()
+
+    # -- updates from the processor (event-loop thread) --
+
+    def count_events(self, arms: Tally[str]) -> None:
+        for arm, n in arms.items():
+            self.events.labels(arm).inc(n)
+
+    def count_rejections(self, reasons: Tally[str]) -> None:
+        for reason, n in reasons.items():
+            self.rejected.labels(reason).inc(n)
+
+    def count_decision(self, decision: Decision) -> None:
+        self.decisions.labels(decision.rollout_id, decision.action).inc()
+
+    def observe_status(self, rollout_id: str, status: Any) -> None:
+        """Mirror one rollout's engine status (gates.engine.RolloutStatus) into the gauges."""
+        gates = tuple(
+            (g.name, int(_STATUS_CODE.get(g.status, Verdict.INSUFFICIENT)),
+             math.nan if g.ratio is None else float(g.ratio), float(g.threshold))
+            for g in status.gates
+        )
+        watermark = float(status.watermark) if status.watermark is not None else math.nan
+        self.rollouts.update(rollout_id, _RolloutView(status.stage, status.weight / 100.0, gates,
+                                                      tuple(status.samples.items()), watermark))
+        self._observe_drift(rollout_id, status.drift_alarms)
+
+    def _observe_drift(self, rollout_id: str, alarms: Mapping[str, int]) -> None:
+        # The engine reports totals; the counter moves by the difference.
+        for key, total in alarms.items():
+            arm, signal = split_alarm_key(key)
+            k = (rollout_id, arm, signal)
+            seen = self._drift_seen.get(k, 0)
+            if total > seen:
+                self.drift_alarms.labels(rollout_id, arm, signal).inc(total - seen)
+                self._drift_seen[k] = total
+
+    def forget_rollouts(self) -> None:
+        """After a rebalance the engine is rebuilt: the gauges are refilled from it."""
+        self.rollouts.clear()
+        self._drift_seen.clear()
+
+    def set_consumer_lag(self, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(topic, str(partition)).set(max(0, lag))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def split_alarm_key(key: str) -> tuple[str, str]:
+    """Drift alarm keys are ``arm:signal`` (``canary:latency``); a bare signal is the canary's."""
+    for sep in (":", "/", "."):
+        if sep in key:
+            arm, signal = key.split(sep, 1)
+            return arm, signal
+    return "canary", key
+
+
+class MetricsServer:
+    """/metrics, /healthz (the event loop is alive) and /readyz (recovered and assigned)."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, *, stale_after: float = 30.0) -> None:
+        self.metrics = metrics
+        self.stale_after = stale_after
+        handler = _handler_for(self)
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics", *self._server.server_address[:2])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.metrics.heartbeat < self.stale_after
+
+
+def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, server.metrics.render(), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = server.healthy()
+                self._send(200 if ok else 503, b"ok\n" if ok else b"event loop stalled\n")
+            elif path == "/readyz":
+                ok = server.metrics.ready
+                self._send(200 if ok else 503, b"ready\n" if ok else b"recovering or not assigned\n")
+            else:
+                self._send(404, b"not found\n")
+
+        def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes are not news
+            pass
+
+    return Handler

@@ -1,0 +1,190 @@
+"""The work an agent does with one batch: decode, call the engine, emit, persist. No thresholds here.
+
+Kept free of Faust so that unit tests drive it with a fake engine and fake sinks. Order per batch:
+1. decode each message; bad events go to the dead-letter topic (value: the bad event's bytes as
+   gates.events keeps them: the original for a one-object message, the element's JSON for an
+   array element), the valid ones of the same message are ingested with
+   ``source=topic:partition`` and the message offset;
+2. publish the decisions and wait until the broker has them;
+3. write one snapshot per changed rollout to the state table (once per batch, not per event).
+A crash between 2 and 3 re-emits the same decisions (same ``seq``) after restart, which routers
+ignore; the reverse order could lose a decision, so it is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from gates.commands import decode_command
+from gates.decision import Decision
+from gates.events import Rejection, decode_message, reason_code
+
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+REASON_HEADER = "x-rollout-gate-reason"
+SOURCE_HEADER = "x-rollout-gate-source"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka message, as far as the processor cares."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class EngineLike(Protocol):
+    def ingest(self, events: Sequence[Any], source: str | None = None,
+               offset: int | None = None) -> list[Decision]: ...
+    def command(self, cmd: Any, source: str | None = None, offset: int | None = None) -> list[Decision]: ...
+    def tick(self, now: float) -> list[Decision]: ...
+    def rollout_ids(self) -> list[str]: ...
+    def dirty(self) -> set[str]: ...
+    def clear_dirty(self) -> None: ...
+    def snapshot(self, rollout_id: str) -> bytes: ...
+    def restore(self, rollout_id: str, blob: bytes) -> None: ...
+    def status(self, rollout_id: str) -> Any: ...
+
+
+class Sink(Protocol):
+    """Where the processor's output goes: Kafka in the worker, lists in tests."""
+
+    async def publish_decisions(self, decisions: Sequence[Decision]) -> None:
+        """Send in order and return once the broker acknowledged every one."""
+
+    async def dead_letter(self, letters: Sequence[DeadLetter]) -> None:
+        """Send and return once acknowledged."""
+
+    def persist(self, rollout_id: str, blob: bytes) -> None:
+        """Write a rollout's snapshot to the changelog-backed state table."""
+
+
+class Processor:
+    def __init__(self, engine_factory: Callable[[], EngineLike], sink: Sink, metrics: Metrics,
+                 *, clock: Callable[[], float] = time.time) -> None:
+        self._engine_factory = engine_factory
+        self.engine = engine_factory()
+        self.sink = sink
+        self.metrics = metrics
+        self.clock = clock
+        # One batch at a time across the events agent, the commands agent and the timer, so that
+        # the engine's dirty set and the snapshots written belong to exactly one batch.
+        self._lock = asyncio.Lock()
+        self.positions: dict[tuple[str, int], int] = {}  # next offset to process, per topic-partition
+
+    async def process_events(self, records: Sequence[Record]) -> list[Decision]:
+        async with self._lock:
+            started = time.perf_counter()
+            decisions: list[Decision] = []
+            letters: list[DeadLetter] = []
+            arms: Counter[str] = Counter()
+            reasons: Counter[str] = Counter()
+            for rec in records:
+                events = []
+                for item in decode_message(rec.value or b""):
+                    if isinstance(item, Rejection):
+                        letters.append(_dead_letter(rec, item.reason, item.raw, item.rollout_id))
+                        reasons[reason_code(item.reason)] += 1
+                    else:
+                        events.append(item)
+                        arms[item.arm] += 1
+                if events:
+                    decisions.extend(self.engine.ingest(events, source=rec.source, offset=rec.offset))
+            if letters:
+                await self.sink.dead_letter(letters)
+            await self._finish(decisions)
+            self.metrics.count_events(arms)
+            self.metrics.count_rejections(reasons)
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self._advance(records)  # last: a consumer lag of 0 means "processed and counted"
+            return decisions
+
+    async def process_commands(self, records: Sequence[Record]) -> list[Decision]:
+        async with self._lock:
+            decisions: list[Decision] = []
+            letters: list[DeadLetter] = []
+            reasons: Counter[str] = Counter()
+            for rec in records:
+                cmd = decode_command(rec.value or b"")
+                if isinstance(cmd, Rejection):
+                    letters.append(_dead_letter(rec, cmd.reason, cmd.raw, cmd.rollout_id))
+                    reasons[reason_code(cmd.reason)] += 1
+                else:
+                    log.info("operator command %s on %s by %s: %s", cmd.action, cmd.rollout_id, cmd.actor,
+                             cmd.reason or "(no reason given)")
+                    decisions.extend(self.engine.command(cmd, source=rec.source, offset=rec.offset))
+            if letters:
+                await self.sink.dead_letter(letters)
+            await self._finish(decisions)
+            self.metrics.count_rejections(reasons)
+            self._advance(records)
+            return decisions
+
+    async def tick(self, now: float | None = None) -> list[Decision]:
+        async with self._lock:
+            decisions = self.engine.tick(self.clock() if now is None else now)
+            await self._finish(decisions)
+            return decisions
+
+    async def restore(self, items: Iterable[tuple[str, bytes]]) -> int:
+        """Rebuild the engine from persisted snapshots (after recovery or a rebalance)."""
+        async with self._lock:
+            engine = self._engine_factory()
+            n = 0
+            for rollout_id, blob in items:
+                engine.restore(rollout_id, blob)
+                n += 1
+            engine.clear_dirty()
+            self.engine = engine
+            self.metrics.forget_rollouts()
+            for rid in engine.rollout_ids():
+                self.metrics.observe_status(rid, engine.status(rid))
+            return n
+
+    def _advance(self, records: Sequence[Record]) -> None:
+        for rec in records:
+            self.positions[(rec.topic, rec.partition)] = rec.offset + 1
+
+    async def _finish(self, decisions: list[Decision]) -> None:
+        if decisions:
+            await self.sink.publish_decisions(decisions)
+            for d in decisions:
+                self.metrics.count_decision(d)
+        dirty = self.engine.dirty()
+        if not dirty:
+            return
+        for rid in sorted(dirty):
+            self.sink.persist(rid, self.engine.snapshot(rid))
+            self.metrics.observe_status(rid, self.engine.status(rid))
+        self.engine.clear_dirty()
+
+
+def _dead_letter(rec: Record, reason: str, raw: bytes, rollout_id: str | None) -> DeadLetter:
+    key = rollout_id.encode() if rollout_id else rec.key
+    headers = [
+        (REASON_HEADER, reason.encode("utf-8", "replace")),
+        (SOURCE_HEADER, f"{rec.topic}:{rec.partition}:{rec.offset}".encode()),
+    ]
+    return DeadLetter(key=key, value=raw, headers=headers)
