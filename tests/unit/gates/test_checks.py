@@ -110,7 +110,7 @@ def test_an_empty_tested_arm_is_insufficient_on_every_gate() -> None:
     assert all(g.samples["canary"] == 0 and g.samples["baseline"] > 0 for g in gates)
 
 
-# ---- a bug found while writing these tests --------------------------------------------------------
+# ---- regression: a bug found while writing these tests (fixed in ae21e64) -----------------------
 
 
 def _tail_window() -> win.Window:

@@ -506,7 +506,7 @@ def test_decision_json_round_trips_and_a_router_can_read_only_the_contract_field
     assert back.seq == 3 and back.action == "halt" and back.gates[0].name == "cost"
 
 
-# ---- bugs found while writing these tests ---------------------------------------------------------
+# ---- regressions: bugs found while writing these tests (fixed in ae21e64) -----------------------
 
 
 def test_a_ts_in_epoch_milliseconds_is_rejected() -> None:
