@@ -13,6 +13,9 @@ import sys
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from aiokafka import TopicPartition
+from faust.types import TP
+
 if TYPE_CHECKING:
     from .app import Wiring
 
@@ -92,10 +95,23 @@ def register(w: Wiring) -> None:
             fail_stop("timer tick", exc)
         await update_consumer_lag(w)
 
+    sources = (s.events_topic, s.commands_topic)
+
+    async def rewind(topic: str, partition: int, offset: int) -> int:
+        tp = TP(topic, partition)
+        earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
+        target = max(offset, earliest or 0)
+        await app.consumer.seek(tp, target)
+        return target
+
+    proc.rewind = rewind
+
     @w.table.on_recover
     async def restore_engine() -> None:
         # Called after the changelog is read and before the consumer resumes the source topics.
-        n = await proc.restore(w.owned_snapshots())
+        tps = [tp for tp in app.consumer.assignment() if tp.topic in sources]
+        positions = await resume_offsets(w, tps)
+        n = await proc.restore(w.owned_snapshots(), positions)
         assigned = w.assigned(s.events_topic)
         w.metrics.ready = bool(assigned)
         log.info("restored %d rollouts from %s; events partitions %s", n, w.table.changelog_topic_name,
@@ -105,8 +121,35 @@ def register(w: Wiring) -> None:
     async def on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
         if revoked:
             w.metrics.ready = False
-        for tp in revoked:  # whoever gets the partition next starts from the committed offset
-            proc.positions.pop((tp.topic, tp.partition), None)
+        # whoever gets the partition next starts from the committed offset
+        proc.guard.forget((tp.topic, tp.partition) for tp in revoked)
+
+
+async def resume_offsets(w: Wiring, tps: list[TP]) -> dict[tuple[str, int], int]:
+    """Where the consumer resumes each partition: the group's committed offset, else the earliest."""
+    if not tps:
+        return {}
+    from .topics import admin_client
+
+    admin = admin_client(w.settings)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(
+            w.settings.app_id, partitions=[TopicPartition(tp.topic, tp.partition) for tp in tps])
+    finally:
+        await admin.close()
+    out: dict[tuple[str, int], int] = {}
+    missing: list[TP] = []
+    for tp in tps:
+        meta = committed.get(TopicPartition(tp.topic, tp.partition))
+        if meta is not None and meta.offset >= 0:
+            out[(tp.topic, tp.partition)] = meta.offset
+        else:
+            missing.append(tp)
+    if missing:
+        for tp, offset in (await w.app.consumer.earliest_offsets(*missing)).items():
+            out[(tp.topic, tp.partition)] = offset
+    return out
 
 
 async def update_consumer_lag(w: Wiring) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ from gates.decision import Decision
 from gates.events import Rejection, decode_message, reason_code
 
 from .metrics import Metrics
+from .offsets import Key, OffsetGuard
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,13 @@ class Sink(Protocol):
         """Write a rollout's snapshot to the changelog-backed state table."""
 
 
+# Seek a partition back to an offset; returns where it went (later if the broker deleted it).
+Rewind = Callable[[str, int, int], Awaitable[int]]
+
+
 class Processor:
     def __init__(self, engine_factory: Callable[[], EngineLike], sink: Sink, metrics: Metrics,
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time, rewind: Rewind | None = None) -> None:
         self._engine_factory = engine_factory
         self.engine = engine_factory()
         self.sink = sink
@@ -92,7 +97,26 @@ class Processor:
         # One batch at a time across the events agent, the commands agent and the timer, so that
         # the engine's dirty set and the snapshots written belong to exactly one batch.
         self._lock = asyncio.Lock()
-        self.positions: dict[tuple[str, int], int] = {}  # next offset to process, per topic-partition
+        self.guard = OffsetGuard(clock)
+        self.rewind = rewind
+
+    @property
+    def positions(self) -> dict[Key, int]:
+        """The next offset to process, per (topic, partition): the cap of every offset commit."""
+        return self.guard.positions
+
+    def _admit(self, records: Sequence[Record]) -> tuple[list[Record], dict[Key, int]]:
+        if self.rewind is None:  # nothing to seek with: take what comes
+            return list(records), {}
+        idx, seeks = self.guard.admit(records)
+        return [records[i] for i in idx], seeks
+
+    async def _settle(self, admitted: Sequence[Record], seeks: Mapping[Key, int]) -> None:
+        self.guard.advance(admitted)
+        for (topic, partition), offset in seeks.items():
+            assert self.rewind is not None
+            went = await self.rewind(topic, partition, offset)
+            self.guard.rewound((topic, partition), went)
 
     async def process_events(self, records: Sequence[Record]) -> list[Decision]:
         async with self._lock:
@@ -101,6 +125,7 @@ class Processor:
             letters: list[DeadLetter] = []
             arms: Counter[str] = Counter()
             reasons: Counter[str] = Counter()
+            records, seeks = self._admit(records)
             for rec in records:
                 events = []
                 for item in decode_message(rec.value or b""):
@@ -118,7 +143,7 @@ class Processor:
             self.metrics.count_events(arms)
             self.metrics.count_rejections(reasons)
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
-            self._advance(records)  # last: a consumer lag of 0 means "processed and counted"
+            await self._settle(records, seeks)  # last: a consumer lag of 0 means "processed and counted"
             return decisions
 
     async def process_commands(self, records: Sequence[Record]) -> list[Decision]:
@@ -126,6 +151,7 @@ class Processor:
             decisions: list[Decision] = []
             letters: list[DeadLetter] = []
             reasons: Counter[str] = Counter()
+            records, seeks = self._admit(records)
             for rec in records:
                 cmd = decode_command(rec.value or b"")
                 if isinstance(cmd, Rejection):
@@ -139,7 +165,7 @@ class Processor:
                 await self.sink.dead_letter(letters)
             await self._finish(decisions)
             self.metrics.count_rejections(reasons)
-            self._advance(records)
+            await self._settle(records, seeks)
             return decisions
 
     async def tick(self, now: float | None = None) -> list[Decision]:
@@ -148,9 +174,13 @@ class Processor:
             await self._finish(decisions)
             return decisions
 
-    async def restore(self, items: Iterable[tuple[str, bytes]]) -> int:
-        """Rebuild the engine from persisted snapshots (after recovery or a rebalance)."""
+    async def restore(self, items: Iterable[tuple[str, bytes]],
+                      positions: Mapping[Key, int] | None = None) -> int:
+        """Rebuild the engine from persisted snapshots (after recovery or a rebalance); ``positions``
+        are the committed offsets the consumer resumes from."""
         async with self._lock:
+            if positions is not None:
+                self.guard.start(positions)
             engine = self._engine_factory()
             n = 0
             for rollout_id, blob in items:
@@ -162,10 +192,6 @@ class Processor:
             for rid in engine.rollout_ids():
                 self.metrics.observe_status(rid, engine.status(rid))
             return n
-
-    def _advance(self, records: Sequence[Record]) -> None:
-        for rec in records:
-            self.positions[(rec.topic, rec.partition)] = rec.offset + 1
 
     async def _finish(self, decisions: list[Decision]) -> None:
         if decisions:
