@@ -169,17 +169,11 @@ class Engine:
         self, rid: str, evs: list[Event], source: str | None, offset: int | None
     ) -> list[Decision]:
         out: list[Decision] = []
-        st = self._states.get(rid)
+        e0 = evs[0]
+        st = self._admit(rid, e0.ts, e0.arm, e0.model_digest if type(e0) is InferenceEvent else None,
+                         source, offset, out)  # fmt: skip
         if st is None:
-            e0 = evs[0]
-            st, started = self._create(rid, e0.ts, e0.arm, e0.model_digest if type(e0) is InferenceEvent else None)
-            if started is not None:
-                out.append(started)
-        if source is not None and offset is not None:
-            if st.offsets.get(source, -1) >= offset:
-                return out
-            st.offsets[source] = offset
-        self._dirty.add(rid)
+            return out
         pending = self._pending
         if not st.terminal:
             top = max(map(_TS, evs))
@@ -222,17 +216,8 @@ class Engine:
 
     def command(self, cmd: Command, source: str | None = None, offset: int | None = None) -> list[Decision]:
         out: list[Decision] = []
-        st = self._states.get(cmd.rollout_id)
-        if st is None:
-            st, started = self._create(cmd.rollout_id, cmd.ts)
-            if started is not None:
-                out.append(started)
-        if source is not None and offset is not None:
-            if st.offsets.get(source, -1) >= offset:
-                return out
-            st.offsets[source] = offset
-        self._dirty.add(st.rollout_id)
-        if st.terminal:
+        st = self._admit(cmd.rollout_id, cmd.ts, None, None, source, offset, out)
+        if st is None or st.terminal:
             return out
         self._flush(st)
         who = f"{cmd.actor}" + (f": {cmd.reason}" if cmd.reason else "")
@@ -249,6 +234,24 @@ class Engine:
             st.paused = False
             out.append(self._promote(st, cmd.ts, f"Promoted by {who}", trigger="operator"))
         return out
+
+    def _admit(
+        self, rid: str, ts: float, arm: str | None, digest: str | None, source: str | None, offset: int | None,
+        out: list[Decision],
+    ) -> RolloutState | None:
+        """The rollout's state (created, with its start decision in ``out``, if new), or None when
+        this source offset was already counted before a restart."""
+        st = self._states.get(rid)
+        if st is None:
+            st, started = self._create(rid, ts, arm, digest)
+            if started is not None:
+                out.append(started)
+        if source is not None and offset is not None:
+            if st.offsets.get(source, -1) >= offset:
+                return None
+            st.offsets[source] = offset
+        self._dirty.add(rid)
+        return st
 
     def tick(self, now: float) -> list[Decision]:
         """Idle rollouts: a step past its maximum time gets its hold even with no new events."""

@@ -32,6 +32,22 @@ def canary_share(decision: Decision, scale: int) -> tuple[int, int]:
     return scale - canary, canary
 
 
+def managed_manifest(api_version: str, kind: str, name: str, namespace: str, decision: Decision,
+                     spec: dict[str, Any]) -> dict[str, Any]:
+    """A Kubernetes object that rollout-gate owns, labelled and annotated with the decision."""
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "rollout-gate"},
+            "annotations": managed_annotations(decision),
+        },
+        "spec": spec,
+    }
+
+
 def managed_annotations(decision: Decision) -> dict[str, str]:
     return {
         "rollout-gate.io/rollout-id": decision.rollout_id,

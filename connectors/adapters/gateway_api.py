@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.adapters import canary_share, managed_annotations
+from connectors.adapters import canary_share, managed_manifest
 from connectors.adapters.kube import KubeClient
 from gates.decision import Decision
 
@@ -53,17 +53,7 @@ class GatewayAPIAdapter:
         spec: dict[str, Any] = {"parentRefs": self.parent_refs, "rules": [rule]}
         if self.hostnames:
             spec["hostnames"] = self.hostnames
-        return {
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "HTTPRoute",
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                "labels": {"app.kubernetes.io/managed-by": "rollout-gate"},
-                "annotations": managed_annotations(decision),
-            },
-            "spec": spec,
-        }
+        return managed_manifest("gateway.networking.k8s.io/v1", "HTTPRoute", self.name, self.namespace, decision, spec)
 
     def apply(self, decision: Decision) -> None:
         self.kube.apply(self.render(decision))

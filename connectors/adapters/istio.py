@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from connectors.adapters import canary_share, managed_annotations
+from connectors.adapters import canary_share, managed_manifest
 from connectors.adapters.kube import KubeClient
 from gates.decision import Decision
 
@@ -62,17 +62,7 @@ class IstioAdapter:
         }
         if self.gateways:
             spec["gateways"] = list(self.gateways)
-        return {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "VirtualService",
-            "metadata": {
-                "name": self.name,
-                "namespace": self.namespace,
-                "labels": {"app.kubernetes.io/managed-by": "rollout-gate"},
-                "annotations": managed_annotations(decision),
-            },
-            "spec": spec,
-        }
+        return managed_manifest("networking.istio.io/v1", "VirtualService", self.name, self.namespace, decision, spec)
 
     def apply(self, decision: Decision) -> None:
         self.kube.apply(self.render(decision))
