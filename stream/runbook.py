@@ -142,11 +142,12 @@ def render_runbook(
     add("## Alerts to watch\n")
     add("- `RolloutHalted`: a halt decision was published; read its `reason` on the dashboard.")
     add("- `RolloutGateBreach`: a gate is past its limit.")
-    add("- `RolloutGateInconclusive`: a gate has stayed inconclusive; traffic may be too low for the step.")
-    add("- `ShadowCostSpike`: in shadow, the candidate costs over 1.4x the baseline per request.")
-    add("- `RolloutEventTimeLag`, `RolloutConsumerLag`: decisions would be late.")
-    add("- `RolloutRejectedEvents`: producers send events that break the contract (see the DLQ).")
-    add("- `RolloutPublisherDropping`: an inference service is dropping events.\n")
+    add("- `RolloutGateInsufficientTooLong`: a gate has stayed inconclusive; traffic may be too low for the step.")
+    add("- `RolloutShadowCostSpike`: in shadow, the candidate costs over 1.4x the baseline per request.")
+    add("- `RolloutEventTimeLagHigh`, `RolloutGateConsumerLagHigh`: decisions would be late.")
+    add("- `RolloutGateDeadLetterRateHigh`: producers send events that break the contract (see the DLQ).")
+    add("- `RolloutPublisherDroppingEvents`: an inference service is dropping events.")
+    add("- `RolloutGateWorkerDown`: no worker is gating.\n")
     add("## Assumptions behind the durations\n")
     add(f"Run-to-run non-determinism of ±{NOISE:.0%} per {p.block_seconds:g} s block on each arm; cost and "
         "length per request with a CV of about 0.6; error+refusal and negative-feedback rates near 3%. Real "

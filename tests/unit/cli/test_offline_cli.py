@@ -107,7 +107,13 @@ def test_plan_writes_a_runbook(tmp_path: Path) -> None:
     for step in ("shadow", "canary-1 ", "canary-10 ", "canary-25 ", "canary-50 ", "canary-75 ", "complete"):
         assert step in text
     assert "rollout-gate command rollback chat-v7" in text
-    assert "ShadowCostSpike" in text
+    # every alert the runbook names exists in the shipped rules
+    import re as _re
+
+    rules = (Path(__file__).resolve().parents[3] / "deploy/prometheus/rules.yml").read_text()
+    for name in _re.findall(r"`(Rollout[A-Za-z]+)`", text):
+        assert f"alert: {name}" in rules, name
+    assert "RolloutShadowCostSpike" in text
     bad = runner.invoke(app, ["plan", "--baseline", "a", "--candidate", "b", "--rps", "50", "--risk", "extreme"])
     assert bad.exit_code == 2 and "--risk" in bad.stderr
 
