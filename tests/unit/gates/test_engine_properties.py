@@ -75,7 +75,7 @@ def test_order_of_events_within_an_eval_tick_does_not_change_the_verdicts(
     seed: int, inj: Injection, weight: float, shuffle_seed: int
 ) -> None:
     policy = small_policy()  # drift restarts on: their onsets must not depend on the order either
-    evs = stream(seed, inj, seconds=300, weight=weight)
+    evs = stream(seed, inj, seconds=240, weight=weight)
     shuffled = permute_within_ticks(evs, random.Random(shuffle_seed), SMALL["eval_seconds"])
     assert sorted(id(e) for e in shuffled) == sorted(id(e) for e in evs)
     ref = Engine(policy).ingest(evs)
