@@ -68,11 +68,4 @@ def kafka(action: KafkaAction = typer.Argument(..., help="start | stop | status 
     os.execv(bash, [bash, str(script), action.value])
 
 
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-)
-def router(ctx: typer.Context) -> None:
-    """Run the reference router (connectors.router); every option is passed through, see `router --help`."""
-    from connectors.router import main as router_main
-
-    router_main(list(ctx.args))
+# rollout-gate router | api | fake-upstream live in stream/services.py

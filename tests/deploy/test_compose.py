@@ -135,8 +135,10 @@ def test_connectors_share_only_kafka_settings(services: dict[str, Any]) -> None:
 def test_router_command_exists_in_the_cli(services: dict[str, Any]) -> None:
     """compose runs `rollout-gate router`; the CLI (stream/commands.py) must register it."""
     from stream import commands, offline, operator  # noqa: F401  (registers the commands)
+    from stream import services as _services
     from stream.cli import app
 
+    assert _services.router is not None
     names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
     used = {s["command"][0] for s in services.values() if s.get("image") == "rollout-gate:local" and "entrypoint" not in s}
     assert used - names == set(), f"compose runs rollout-gate commands the CLI lacks: {sorted(used - names)}"
