@@ -59,6 +59,9 @@ class RolloutState(msgspec.Struct):
     events: dict[str, int] = {}
     ignored: int = 0  # events after the rollout ended
     version: int = STATE_VERSION
+    # samples per arm when the rollout ended: its window is dropped then, so an ended rollout keeps
+    # a few hundred bytes of state, not its blocks and sketches
+    final_samples: dict[str, int] = {}
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -119,8 +122,7 @@ class Engine:
     def status(self, rollout_id: str) -> RolloutStatus:
         st = self._states[rollout_id]
         self._flush(st)
-        arm = SHADOW if st.stage == SHADOW else "canary"
-        samples = {a: sum(b[a].n for b in st.window.blocks.values() if a in b) for a in ("baseline", arm)}
+        samples = dict(st.final_samples) if st.terminal else _samples(st)
         return RolloutStatus(
             rollout_id=rollout_id, stage=st.stage, weight=st.weight, paused=st.paused, terminal=st.terminal,
             seq=st.seq, gates=list(st.last_gates), samples=samples, watermark=st.watermark,
@@ -447,6 +449,15 @@ class Engine:
             new.lat[arm], new.len[arm] = lat, ln
         st.window = new
 
+    def _retire(self, st: RolloutState) -> None:
+        """An ended rollout keeps its identity, seq, digests, verdicts and counters (late events are
+        still ignored, and a restart still knows it ended), but not its window or detectors."""
+        self._pending.pop(st.rollout_id, None)
+        self._detectors.pop(st.rollout_id, None)
+        st.final_samples = _samples(st)
+        st.window = win.Window(start=st.step_start, block_seconds=st.window.block_seconds)
+        st.drift = DriftState(onset=st.drift.onset, alarms=st.drift.alarms)
+
     def _new_step(self, st: RolloutState, now: float) -> None:
         p = self.policy(st.rollout_id)
         st.step_start = now
@@ -498,6 +509,8 @@ class Engine:
     ) -> Decision:
         st.seq += 1
         self._dirty.add(st.rollout_id)
+        if st.terminal:
+            self._retire(st)
         return Decision(
             rollout_id=st.rollout_id,
             seq=st.seq,
@@ -512,6 +525,11 @@ class Engine:
             reason=reason,
             trigger=trigger,
         )
+
+
+def _samples(st: RolloutState) -> dict[str, int]:
+    arm = SHADOW if st.stage == SHADOW else "canary"
+    return {a: sum(b[a].n for b in st.window.blocks.values() if a in b) for a in ("baseline", arm)}
 
 
 def sketch_keys(tokens: np.ndarray) -> np.ndarray:

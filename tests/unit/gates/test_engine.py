@@ -396,6 +396,26 @@ def test_events_after_termination_are_ignored() -> None:
     assert e.status(RID).terminal and e.status(RID).stage == "rolled-back"
 
 
+def test_an_ended_rollout_drops_its_window_but_keeps_what_it_decided() -> None:
+    e = Engine(small_policy())
+    evs = stream(16, parse_injections(["cost=+90%"]), seconds=600, start=T0)
+    decisions = e.ingest(evs)
+    assert decisions[-1].action == "halt"
+    live = Engine(small_policy())  # the same traffic without the regression: still open
+    assert not any(d.action == "halt" for d in live.ingest(stream(16, parse_injections([]), seconds=600, start=T0)))
+    st = state(e)
+    assert st.terminal and st.window.blocks == {} and st.drift.detectors == b""
+    assert sum(st.final_samples.values()) > 0
+    assert e.status(RID).samples == st.final_samples
+    assert len(e.snapshot(RID)) < len(live.snapshot(RID)) / 4
+    # restored, it still knows it ended: late events change nothing and decide nothing
+    again = Engine(small_policy())
+    again.restore(RID, e.snapshot(RID))
+    late = stream(16, parse_injections([]), seconds=60, start=evs[-1].ts + 1)
+    assert again.ingest(late) == []
+    assert state(again).seq == st.seq and state(again).ignored == st.ignored + len(late)
+
+
 def test_rollouts_are_independent() -> None:
     e = Engine(small_policy())
     a = stream(17, parse_injections(["cost=+80%"]), seconds=300, weight=50, rollout_id="a")
