@@ -8,6 +8,7 @@ Extra fields are ignored (the contract only grows additively).
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -107,6 +108,9 @@ _inference_list_decoder = msgspec.json.Decoder(list[InferenceEvent])
 _wire_list_decoder = msgspec.json.Decoder(list[_Wire])
 
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?\Z")
+
+
 def parse_ts(value: Any, field: str = "ts") -> float:
     """Epoch seconds from a number or an RFC 3339 string. Naive times are taken as UTC."""
     if isinstance(value, bool):
@@ -119,13 +123,22 @@ def parse_ts(value: Any, field: str = "ts") -> float:
             raise ValueError(f"{field} must be epoch seconds (this looks like milliseconds or later)")
         return f
     if isinstance(value, str):
-        try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"{field} is not an RFC 3339 time: {value[:40]!r}") from None
+        # fromisoformat alone also takes ISO 8601 forms RFC 3339 does not (a bare date, week dates,
+        # compact "20260101T000000"): a producer sending those has a bug worth hearing about
+        dt = None
+        if _RFC3339.match(value):
+            try:
+                dt = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                dt = None
+        if dt is None:
+            raise ValueError(f"{field} is not an RFC 3339 time: {value[:40]!r}")
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=UTC)
-        return dt.timestamp()
+        f = dt.timestamp()
+        if f < 0 or f > MAX_TS:
+            raise ValueError(f"{field} is out of range: {value[:40]!r}")
+        return f
     raise ValueError(f"{field} is missing" if value is None else f"{field} has the wrong type")
 
 

@@ -162,7 +162,11 @@ def test_rfc3339_ts_in_any_offset_equals_the_epoch_value(when: datetime, offset_
 
 
 @pytest.mark.parametrize(
-    "bad", ["yesterday", "", "2026-13-01T00:00:00Z", "2026-01-01T25:00:00Z", "1767225600", "01/01/2026 00:00"]
+    "bad",
+    ["yesterday", "", "2026-13-01T00:00:00Z", "2026-01-01T25:00:00Z", "1767225600", "01/01/2026 00:00",
+     # ISO 8601 forms that are not RFC 3339 date-times, and instants outside the epoch range
+     "2026-01-01", "20260101T000000Z", "2026-W01-4", "2026-01-01T00:00Z", "1969-12-31T23:59:59Z",
+     "9999-01-01T00:00:00Z"],
 )
 def test_bad_ts_strings_are_rejected_naming_ts(bad: str) -> None:
     r = rejected(with_(INFERENCE, ts=bad))
