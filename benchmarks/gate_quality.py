@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,20 @@ def num(x: float | None, fmt: str = "{:,.0f}") -> str:
     return "∞" if x is None else fmt.format(x)
 
 
+def _summaries(
+    res: dict[str, dict[str, Any]], judges: list[str], kind: str
+) -> Iterator[tuple[Scenario, str, dict[str, Any], str]]:
+    """(scenario, judge, summary, gates first named) for every judged scenario of this kind."""
+    for sc in SCENARIOS:
+        if sc.kind != kind:
+            continue
+        for j in judges:
+            s = res[j].get(sc.key)
+            if s:
+                named = ", ".join(f"{g} {c}" for g, c in sorted(s["first_named_gate"].items(), key=lambda kv: -kv[1]))
+                yield sc, j, s, named
+
+
 def markdown(summary: dict[str, Any]) -> str:
     res, judges = summary["results"], summary["config"]["judges"]
     lines = []
@@ -227,37 +242,23 @@ def markdown(summary: dict[str, Any]) -> str:
         " | median canary req. to halt (halted / all runs) | median min to halt |"
     )
     lines.append("|---|---|---|---|---|---|---|---|---|")
-    for sc in SCENARIOS:
-        if sc.kind != "regression":
-            continue
-        for j in judges:
-            s = res[j].get(sc.key)
-            if not s:
-                continue
-            named = ", ".join(f"{g} {c}" for g, c in sorted(s["first_named_gate"].items(), key=lambda kv: -kv[1]))
-            lines.append(
-                f"| {sc.key} | {sc.gate} | {j} | {s['halted_right_gate']}/{s['runs']} = "
-                f"{pct(s['right_rate'])}{ci(s['right_rate_ci95'])} | {pct(s['halt_rate'])} | "
-                f"{s['timeouts']} | {named or '-'} | "
-                f"{num(s['median_canary_requests_to_right_halt'])} / "
-                f"{num(s['median_canary_requests_to_right_halt_all_runs'])} | "
-                f"{num(s['median_minutes_to_halt'], '{:.1f}')} |"
-            )
+    for sc, j, s, named in _summaries(res, judges, "regression"):
+        lines.append(
+            f"| {sc.key} | {sc.gate} | {j} | {s['halted_right_gate']}/{s['runs']} = "
+            f"{pct(s['right_rate'])}{ci(s['right_rate_ci95'])} | {pct(s['halt_rate'])} | "
+            f"{s['timeouts']} | {named or '-'} | "
+            f"{num(s['median_canary_requests_to_right_halt'])} / "
+            f"{num(s['median_canary_requests_to_right_halt_all_runs'])} | "
+            f"{num(s['median_minutes_to_halt'], '{:.1f}')} |"
+        )
     lines.append("\n### At or under the limit: halted (a false halt; target <= 5% at the limit)\n")
     lines.append("| canary | gate | judge | any halt [95% CI] | gates named | completed | timeouts (stuck at) |")
     lines.append("|---|---|---|---|---|---|---|")
-    for sc in SCENARIOS:
-        if sc.kind != "threshold":
-            continue
-        for j in judges:
-            s = res[j].get(sc.key)
-            if not s:
-                continue
-            named = ", ".join(f"{g} {c}" for g, c in sorted(s["first_named_gate"].items(), key=lambda kv: -kv[1]))
-            stuck = ", ".join(f"{w} {c}" for w, c in s["timeouts_top_weight"].items())
-            lines.append(f"| {sc.key} | {sc.gate} | {j} | {s['halted']}/{s['runs']} = {pct(s['halt_rate'])}"
-                         f"{ci(s['halt_rate_ci95'])} | {named or '-'} | {s['completed']} | {s['timeouts']}"
-                         f"{' (' + stuck + ')' if stuck else ''} |")  # fmt: skip
+    for sc, j, s, named in _summaries(res, judges, "threshold"):
+        stuck = ", ".join(f"{w} {c}" for w, c in s["timeouts_top_weight"].items())
+        lines.append(f"| {sc.key} | {sc.gate} | {j} | {s['halted']}/{s['runs']} = {pct(s['halt_rate'])}"
+                     f"{ci(s['halt_rate_ci95'])} | {named or '-'} | {s['completed']} | {s['timeouts']}"
+                     f"{' (' + stuck + ')' if stuck else ''} |")  # fmt: skip
     for variant, comp in (summary.get("engine_vs_kayenta") or {}).items():
         fh = comp["false_halt_rate"]
         lines.append(f"\n### Speed: median canary requests to a right-gate halt, engine / {variant} (target <= 0.5)\n")
