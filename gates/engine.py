@@ -102,6 +102,8 @@ class Engine:
         self._pending: dict[str, list[Event]] = {}
         self._detectors: dict[str, Detectors] = {}
         self._dirty: set[str] = set()
+        # the latest event time seen in any rollout: the worker's clock for idle rollouts
+        self.event_time = -math.inf
 
     # ---- queries ---------------------------------------------------------------------------
     def rollout_ids(self) -> list[str]:
@@ -146,6 +148,7 @@ class Engine:
         self._states[rollout_id] = st
         self._pending.pop(rollout_id, None)
         self._detectors.pop(rollout_id, None)
+        self.event_time = max(self.event_time, st.watermark)
 
     # ---- inputs ----------------------------------------------------------------------------
     def ingest(
@@ -177,16 +180,17 @@ class Engine:
         if st is None:
             return out
         pending = self._pending
-        if not st.terminal:
-            top = max(map(_TS, evs))
-            if top < st.next_eval:  # the common case: no tick crossed in this batch
-                pend = pending.get(rid)
-                if pend is None:
-                    pend = pending[rid] = []
-                pend.extend(evs)
-                if top > st.watermark:
-                    st.watermark = top
-                return out
+        top = max(map(_TS, evs))
+        if top > self.event_time:
+            self.event_time = top
+        if not st.terminal and top < st.next_eval:  # the common case: no tick crossed in this batch
+            pend = pending.get(rid)
+            if pend is None:
+                pend = pending[rid] = []
+            pend.extend(evs)
+            if top > st.watermark:
+                st.watermark = top
+            return out
         ts = np.array([e.ts for e in evs], dtype=np.float64)
         runmax = np.maximum.accumulate(ts)
         n, i = len(evs), 0

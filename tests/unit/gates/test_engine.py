@@ -416,6 +416,19 @@ def test_an_ended_rollout_drops_its_window_but_keeps_what_it_decided() -> None:
     assert state(again).seq == st.seq and state(again).ignored == st.ignored + len(late)
 
 
+def test_event_time_is_the_latest_ts_seen_in_any_rollout_and_survives_a_restore() -> None:
+    e = Engine(small_policy())
+    assert e.event_time == -math.inf
+    e.ingest([ev("baseline", T0 + 5), ev("canary", T0 + 2)])
+    e.ingest([InferenceEvent(rollout_id="other", arm="baseline", request_id="x", ts=T0 + 9, latency_ms=1.0,
+                             output_tokens=1, status="ok", refusal=False, cost_usd=0.0)])  # fmt: skip
+    e.ingest([ev("canary", T0 + 7)])  # older than the latest: the clock does not go back
+    assert e.event_time == T0 + 9
+    again = Engine(small_policy())
+    again.restore(RID, e.snapshot(RID))
+    assert again.event_time == T0 + 7
+
+
 def test_rollouts_are_independent() -> None:
     e = Engine(small_policy())
     a = stream(17, parse_injections(["cost=+80%"]), seconds=300, weight=50, rollout_id="a")
