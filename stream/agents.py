@@ -98,11 +98,9 @@ def register(w: Wiring) -> None:
     sources = (s.events_topic, s.commands_topic)
 
     async def rewind(topic: str, partition: int, offset: int) -> int:
-        tp = TP(topic, partition)
-        earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
-        target = max(offset, earliest or 0)
-        await app.consumer.seek(tp, target)
-        return target
+        # stream.transport.Consumer.rewind: Faust's plain seek does not hold while the fetcher runs
+        consumer: Any = app.consumer
+        return int(await consumer.rewind(TP(topic, partition), offset))
 
     proc.rewind = rewind
 

@@ -1,13 +1,16 @@
 """The processor's position per partition, kept contiguous: no offset is passed over unprocessed.
 
 faust-streaming can drop a fetched message before it reaches the agent: while flow control is
-suspended (start, rebalance, stop) a stream skips and *acknowledges* what it receives. Observed in
-the restart tests: a worker's first message after recovery (the committed offset) never reached
-the agent, the next one did. The guard notices the jump (offsets are dense in the events and
-commands topics: the contract's producers are idempotent, not transactional), drops the records
-after it, and asks for a seek back to the first missing offset; the records come again. Together
-with the commit cap (stream.transport) this makes the worker at-least-once whatever Faust does,
-and the engine's per-source offsets make it count each event once.
+suspended (start, rebalance, stop) a stream skips and *acknowledges* what it receives, and the
+fetcher skips records of partitions paused meanwhile. Observed in the restart tests: a worker's
+first message after recovery (the committed offset) never reached the agent, the next one did;
+under load, a whole backlog fetched while the partition was still paused (stream.transport, 3.,
+closes that one). The guard notices the jump (offsets are dense in the events and commands
+topics: the contract's producers are idempotent, not transactional), drops the records after it,
+and asks for a seek back to the first missing offset (stream.transport.Consumer.rewind, which
+holds while the fetcher runs); the records come again. Together with the commit cap
+(stream.transport) this makes the worker at-least-once whatever Faust does, and the engine's
+per-source offsets make it count each event once.
 """
 
 from __future__ import annotations

@@ -142,15 +142,7 @@ def test_malformed_events_go_to_the_dlq_and_valid_ones_still_count(worker: Worke
     assert metric_value(text, "rollout_gate_events_total", arm="canary") == 1
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param("SIGKILL", marks=pytest.mark.xfail(
-        strict=False,
-        reason="known bug, open: on a loaded machine the restarted worker found the first part not "
-        "delivered to the processor, sought the partition back to 0, and then processed nothing more "
-        "within 90 s (stream/offsets.py OffsetGuard + seek during Faust's start); passes when the "
-        "machine is quiet")),
-    "SIGTERM",
-])
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_worker_stopped_mid_rollout_resumes_without_counting_twice(worker: Worker, topics: Topics,
                                                                    kafka_bootstrap: str, how: str) -> None:
     events = healthy("chat-v9", seed=1)
