@@ -25,6 +25,7 @@ from gates.commands import decode_command
 from gates.decision import Decision
 from gates.events import Rejection, decode_message, reason_code
 
+from .clock import EventClock
 from .metrics import Metrics
 from .offsets import Key, OffsetGuard
 
@@ -61,6 +62,8 @@ class EngineLike(Protocol):
                offset: int | None = None) -> list[Decision]: ...
     def command(self, cmd: Any, source: str | None = None, offset: int | None = None) -> list[Decision]: ...
     def tick(self, now: float) -> list[Decision]: ...
+    @property
+    def event_time(self) -> float: ...
     def rollout_ids(self) -> list[str]: ...
     def dirty(self) -> set[str]: ...
     def clear_dirty(self) -> None: ...
@@ -99,6 +102,8 @@ class Processor:
         self._lock = asyncio.Lock()
         self.guard = OffsetGuard(clock)
         self.rewind = rewind
+        # the timer's "now" for idle rollouts: event time, running with the wall clock while idle
+        self.event_clock = EventClock(lambda: self.engine.event_time, clock)
 
     @property
     def positions(self) -> dict[Key, int]:
@@ -170,7 +175,7 @@ class Processor:
 
     async def tick(self, now: float | None = None) -> list[Decision]:
         async with self._lock:
-            decisions = self.engine.tick(self.clock() if now is None else now)
+            decisions = self.engine.tick(self.event_clock() if now is None else now)
             await self._finish(decisions)
             return decisions
 

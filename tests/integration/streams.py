@@ -21,8 +21,8 @@ START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 def recent_start(seconds: float, align: float = 60.0) -> float:
     """An event-time start ``seconds`` ago, aligned to ``align`` so that blocks line up as with START.
 
-    The worker's timer compares the wall clock with event time (max-step-time holds), so a stream
-    for the worker must be recent; replay does not care."""
+    The worker's timer lets event time run with the wall clock once input is idle (max-step-time
+    holds), so a stream that should not meet a hold there is kept recent; replay does not care."""
     import math
     import time
 

@@ -83,6 +83,10 @@ class FakeEngine:
         self.ticks.append(now)
         return []
 
+    @property
+    def event_time(self) -> float:
+        return max((st["watermark"] for st in self.state.values()), default=float("-inf"))
+
     def rollout_ids(self) -> list[str]:
         return sorted(self.state)
 

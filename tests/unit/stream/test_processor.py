@@ -130,3 +130,22 @@ async def test_an_engine_error_propagates_and_nothing_is_persisted() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         await proc.process_events([rec(orjson.dumps(ev()), 0)])
     assert sink.log == []
+
+
+async def test_the_timer_judges_steps_in_event_time_not_by_the_wall_clock() -> None:
+    """A backlog hours behind the wall clock gets no max-step hold it has not earned; an idle
+    rollout gets its hold once event time, running with the wall clock while idle, passes the limit."""
+    from gates.engine import Engine
+    from gates.policy import PolicySet
+
+    policy = PolicySet.model_validate({"defaults": {"max_step_seconds": 600}})
+    wall = [TS + 6 * 3600]  # the events below are six hours old
+    proc = Processor(lambda: Engine(policy), ListSink(), Metrics(), clock=lambda: wall[0])
+    backlog = [rec(orjson.dumps([ev(arm=arm, i=i) for arm in ("baseline", "canary")]), i) for i in range(0, 300, 2)]
+    await proc.process_events(backlog)
+    assert [d.action for d in await proc.tick()] == []  # 300 s of event time: within the 600 s step
+    wall[0] += 200
+    assert [d.action for d in await proc.tick()] == []  # idle for 200 s: 500 s into the step
+    wall[0] += 200
+    held = await proc.tick()  # idle for 400 s: 700 s into the step
+    assert [(d.action, d.trigger) for d in held] == [("hold", "timeout")]
