@@ -179,12 +179,16 @@ class DecisionSubscriber:
             try:
                 if self._consumer is None:
                     await self._open()
-                elif time.monotonic() - self._last_metadata_check > self._metadata_check_s:
-                    await self._refresh_partitions()
+                else:
+                    # new partitions every metadata_check_s; a topic not created yet every second, so
+                    # that a router started before the worker follows its first decision at once
+                    since = time.monotonic() - self._last_metadata_check
+                    if since > self._metadata_check_s or (since > 1.0 and not self._consumer.assignment()):
+                        await self._refresh_partitions()
                 if self._consumer.assignment():
                     self._consume(await self._consumer.getmany(timeout_ms=self._poll_ms))
                 else:  # topic not created yet; getmany() would wait for an assignment forever
-                    await asyncio.sleep(min(self._metadata_check_s, 1.0))
+                    await asyncio.sleep(min(self._metadata_check_s, 0.25))
                 delay = self._backoff[0]
             except asyncio.CancelledError:
                 raise
