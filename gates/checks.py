@@ -9,6 +9,7 @@ upper bound, so that each verdict can be read off its own numbers.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from gates import sketch
 from gates.decision import GateResult
 from gates.policy import RolloutPolicy
-from gates.stats import RatioEstimate, block_proportion, design_effect, ratio_of_means
+from gates.stats import RatioEstimate, block_proportion, design_effect, ratio_of_means_at
 from gates.window import SQ_UNIT, Window, columns
 
 FIELDS = (
@@ -36,16 +37,24 @@ class Ctx:
     z_promote: float
     cols_t: dict[str, Any]
     cols_b: dict[str, Any]
-    # sorted (keys, cumulative counts) per sketch, built once per evaluation
-    cache: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    # sorted (keys, cumulative counts, counts) per sketch, built once per evaluation
+    cache: dict[int, tuple[Any, Any, Any]] = field(default_factory=dict)
+    # values that several gates of this evaluation derive from the same window (design effects,
+    # quantile bounds, per-block sketch arrays): computed once, dropped with the Ctx
+    memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def sorted_sketch(self, store: dict[int, int]) -> tuple[Any, Any]:
+        keys, cum, _ = self.sorted_counts(store)
+        return keys, cum
+
+    def sorted_counts(self, store: dict[int, int]) -> tuple[Any, Any, Any]:
         got = self.cache.get(id(store))
         if got is None:
             keys = np.fromiter(store.keys(), dtype=np.int64, count=len(store))
             counts = np.fromiter(store.values(), dtype=np.int64, count=len(store))
             order = np.argsort(keys)
-            got = self.cache[id(store)] = (keys[order], np.cumsum(counts[order]))
+            counts = counts[order]
+            got = self.cache[id(store)] = (keys[order], np.cumsum(counts), counts)
         return got
 
     def count_above(self, store: dict[int, int], threshold: float) -> int:
@@ -55,13 +64,55 @@ class Ctx:
         i = int(np.searchsorted(keys, sketch.key_of(threshold), side="right"))
         return int(cum[-1] - (cum[i - 1] if i > 0 else 0))
 
+    def block_counts_above(self, metric: str, threshold: float) -> Any:
+        """Per tested-arm block (in ``cols_t["_rows"]`` order), how many requests are above
+        ``threshold`` in its ``metric`` sketch, as float64: what ``count_above`` on every block
+        gives, in one vectorised pass over all blocks' keys."""
+        got = self.memo.get(("blocks", metric))
+        if got is None:
+            stores = [getattr(r, metric) for r in self.cols_t["_rows"]]
+            sizes = [0 if s is None else len(s) for s in stores]
+            total = sum(sizes)
+            keys = np.fromiter(itertools.chain.from_iterable(s for s in stores if s), np.int64, total)
+            counts = np.fromiter(itertools.chain.from_iterable(s.values() for s in stores if s), np.int64, total)
+            rows = np.repeat(np.arange(len(stores)), sizes)
+            got = self.memo[("blocks", metric)] = (keys, counts, rows, len(stores))
+        keys, counts, rows, n_rows = got
+        above = keys > sketch.key_of(threshold)
+        # integer counts summed in float64: exact (far below 2**53)
+        return np.bincount(rows[above], weights=counts[above], minlength=n_rows)
+
+    def quantile(self, store: dict[int, int], q: float) -> float | None:
+        """``sketch.quantile`` on the sorted arrays this evaluation already holds."""
+        keys, cum = self.sorted_sketch(store)
+        n = int(cum[-1]) if keys.size else 0
+        if n == 0:
+            return None
+        return sketch.value_at_cum_rank(keys, cum, q * (n - 1))
+
     @property
     def n_test(self) -> int:
-        return int(self.cols_t["n"].sum())
+        got = self.memo.get(("n", "test"))
+        if got is None:
+            got = self.memo[("n", "test")] = int(self.cols_t["n"].sum())
+        return int(got)
 
     @property
     def n_base(self) -> int:
-        return int(self.cols_b["n"].sum())
+        got = self.memo.get(("n", "base"))
+        if got is None:
+            got = self.memo[("n", "base")] = int(self.cols_b["n"].sum())
+        return int(got)
+
+    def design_effect(self, side: str, k_field: str) -> float:
+        """``stats.design_effect`` of an arm's log-key means (side: "t" tested, "b" baseline)."""
+        got = self.memo.get(("deff", side, k_field))
+        if got is None:
+            cols = self.cols_t if side == "t" else self.cols_b
+            got = self.memo[("deff", side, k_field)] = design_effect(
+                cols[k_field], cols["n"], float(cols[k_field + "_sq"].sum())
+            )
+        return float(got)
 
     def samples(self, test: int | None = None, base: int | None = None) -> dict[str, int]:
         return {
@@ -147,8 +198,7 @@ def cost_gate(c: Ctx) -> GateResult:
     # cost is summed in nano-dollars, its squares in micro-dollars: bring the squares to nano units
     sq = float(SQ_UNIT * SQ_UNIT)
     args = (t["cost"], t["cost_n"], float(t["cost_sq"].sum()) * sq, b["cost"], b["cost_n"], float(b["cost_sq"].sum()) * sq)
-    est_h = ratio_of_means(*args, z=c.z_halt)
-    est_p = ratio_of_means(*args, z=c.z_promote)
+    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote))
     res = _ratio_verdict(c, "cost", "cost per request", est_h, est_p, g.max_ratio, samples)
     if est_h is not None:
         unit = 1e-9
@@ -164,8 +214,7 @@ def error_gate(c: Ctx) -> GateResult:
     g = c.p.gates.errors
     t, b = c.cols_t, c.cols_b
     args = (t["bad"], t["n"], 0.0, b["bad"], b["n"], 0.0)
-    est_h = ratio_of_means(*args, z=c.z_halt, smooth=g.min_rate, binary=True)
-    est_p = ratio_of_means(*args, z=c.z_promote, smooth=g.min_rate, binary=True)
+    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True)
     return _ratio_verdict(c, "errors", "error+refusal rate", est_h, est_p, g.max_ratio, c.samples())
 
 
@@ -173,8 +222,7 @@ def feedback_gate(c: Ctx) -> GateResult:
     g = c.p.gates.feedback
     t, b = c.cols_t, c.cols_b
     args = (t["neg_fb"], t["n"], 0.0, b["neg_fb"], b["n"], 0.0)
-    est_h = ratio_of_means(*args, z=c.z_halt, smooth=g.min_rate, binary=True)
-    est_p = ratio_of_means(*args, z=c.z_promote, smooth=g.min_rate, binary=True)
+    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True)
     details = {"negative_feedback": {c.arm: int(t["neg_fb"].sum()), "baseline": int(b["neg_fb"].sum())}}
     return _ratio_verdict(
         c, "feedback", "negative-feedback rate", est_h, est_p, g.max_ratio, c.samples(), details=details
@@ -204,7 +252,7 @@ def _quantile_bounds(c: Ctx, store: dict[int, int], q: float, z: float, deff: fl
 
     def at(rank: float) -> float:
         rank = min(max(rank, 0.0), n - 1.0)
-        return sketch.value_of(int(keys[min(int(np.searchsorted(cum, rank, side="right")), keys.size - 1)]))
+        return sketch.value_of(int(keys[min(int(cum.searchsorted(rank, side="right")), keys.size - 1)]))
 
     mid, lo, hi = at(q * (n - 1)), at(q * (n - 1) - half), at(q * (n - 1) + half)
     if q * (n - 1) + half > n - 1:
@@ -214,31 +262,39 @@ def _quantile_bounds(c: Ctx, store: dict[int, int], q: float, z: float, deff: fl
     return mid, lo, hi
 
 
+def _tail_inputs(c: Ctx, metric: str, q: float) -> tuple[float, Any, Any, Any, Any]:
+    """(tested arm's design effect, baseline quantile bounds at the halt and promote z, tested arm's
+    at both): the same for both sides of a two-sided check, so computed once per evaluation."""
+    got = c.memo.get(("tail", metric, q))
+    if got is None:
+        b_store = getattr(c.w, metric).get("baseline", {})
+        t_store = getattr(c.w, metric).get(c.arm, {})
+        k_field = "lat_k" if metric == "lat" else "len_k"
+        deff_b = c.design_effect("b", k_field)
+        deff_t = c.design_effect("t", k_field)
+        got = c.memo[("tail", metric, q)] = (
+            deff_t,
+            _quantile_bounds(c, b_store, q, c.z_halt, deff_b),
+            _quantile_bounds(c, b_store, q, c.z_promote, deff_b),
+            _quantile_bounds(c, t_store, q, c.z_halt, deff_t),
+            _quantile_bounds(c, t_store, q, c.z_promote, deff_t),
+        )
+    return got
+
+
 def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool = True) -> _Tail:
     """upper_side: breach when tested quantile > limit x baseline; else when < baseline / limit."""
-    t_rows = c.cols_t["_rows"]
-    b_store = getattr(c.w, metric).get("baseline", {})
-    t_store = getattr(c.w, metric).get(c.arm, {})
-    k_field = "lat_k" if metric == "lat" else "len_k"
-    deff_b = design_effect(c.cols_b[k_field], c.cols_b["n"], float(c.cols_b[k_field + "_sq"].sum()))
-    deff_t = design_effect(c.cols_t[k_field], c.cols_t["n"], float(c.cols_t[k_field + "_sq"].sum()))
-    qb_h = _quantile_bounds(c, b_store, q, c.z_halt, deff_b)
-    qb_p = _quantile_bounds(c, b_store, q, c.z_promote, deff_b)
-    qt = _quantile_bounds(c, t_store, q, c.z_halt, deff_t)
-    qt_p = _quantile_bounds(c, t_store, q, c.z_promote, deff_t)
+    deff_t, qb_h, qb_p, qt, qt_p = _tail_inputs(c, metric, q)
     if qb_h is None or qt is None or qb_p is None or qt_p is None or qb_h[0] <= 0:
         return _Tail("insufficient", None if qt is None else qt[0], None if qb_h is None else qb_h[0],
                      None, None, None)  # fmt: skip
-    n_blocks = np.array([r.n for r in t_rows], dtype=np.float64)
+    n_blocks = c.cols_t["n"]  # per-block request counts, float64, in the rows' order
     p0 = 1.0 - q
 
     def share_above(threshold: float, z: float) -> tuple[float, float, float]:
         if not math.isfinite(threshold):
             return 0.0, 0.0, 0.0
-        k = np.array(
-            [0 if getattr(r, metric) is None else c.count_above(getattr(r, metric), threshold) for r in t_rows],
-            dtype=np.float64,
-        )
+        k = c.block_counts_above(metric, threshold)
         # the design effect comes from the arm's log-quantity means, not from these counts: it must not
         # change with the threshold, or a looser limit could pass less often than a stricter one
         pr = block_proportion(k, n_blocks, z=z, deff=deff_t)
@@ -272,8 +328,8 @@ def latency_gate(c: Ctx) -> GateResult:
     qname = f"P{g.quantile * 100:g}"
     details: dict[str, Any] = {}
     for q in (0.5, 0.95):
-        vt = sketch.quantile(c.w.lat.get(c.arm, {}), q)
-        vb = sketch.quantile(c.w.lat.get("baseline", {}), q)
+        vt = c.quantile(c.w.lat.get(c.arm, {}), q)
+        vb = c.quantile(c.w.lat.get("baseline", {}), q)
         details[f"p{q * 100:g}"] = {
             c.arm: _r(vt), "baseline": _r(vb), "ratio": _r(vt / vb) if vt is not None and vb else None
         }
@@ -296,9 +352,9 @@ def length_gate(c: Ctx) -> GateResult:
     t, b = c.cols_t, c.cols_b
     samples = c.samples()
     args = (t["tok"], t["n"], float(t["tok_sq"].sum()), b["tok"], b["n"], float(b["tok_sq"].sum()))
+    mean_h, mean_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote))
     mean = _ratio_verdict(
-        c, "output_length", "mean output length", ratio_of_means(*args, z=c.z_halt),
-        ratio_of_means(*args, z=c.z_promote), g.mean_ratio, samples, two_sided=True,
+        c, "output_length", "mean output length", mean_h, mean_p, g.mean_ratio, samples, two_sided=True,
     )  # fmt: skip
     hi = _tail_check(c, "len", 0.99, g.p99_ratio, upper_side=True)
     lo = _tail_check(c, "len", 0.99, g.p99_ratio, upper_side=False)
@@ -308,11 +364,20 @@ def length_gate(c: Ctx) -> GateResult:
     # P99 checks and this one sees only a change of shape (e.g. bimodal at an equal mean);
     # its sampling error uses effective sizes (design effect of log length)
     ta, ba = c.w.len.get(c.arm, {}), c.w.len.get("baseline", {})
-    nt, nb = sketch.total(ta), sketch.total(ba)
-    d = sketch.cdf_distance(sketch.shifted(ta, -_log_key_shift(t, b)), ba) if nt and nb else 0.0
+    ka, cum_a, counts_a = c.sorted_counts(ta)
+    kb, cum_b, counts_b = c.sorted_counts(ba)
+    nt, nb = (int(cum_a[-1]) if ka.size else 0), (int(cum_b[-1]) if kb.size else 0)  # sketch.total
+    d = 0.0
     if nt and nb:
-        deff_t = design_effect(t["len_k"], t["n"], float(t["len_k_sq"].sum()))
-        deff_b = design_effect(b["len_k"], b["n"], float(b["len_k_sq"].sum()))
+        shift = -_log_key_shift(t, b)
+        ks = sketch.shifted_keys(ka, shift)
+        # the sorted-array form of cdf_distance(shifted(ta), ba); the dict form where a shift would
+        # reorder or merge keys (a shift of about a million buckets: never in practice)
+        d = (sketch.cdf_distance_sorted(ks, counts_a, kb, counts_b) if ks is not None else
+             sketch.cdf_distance(sketch.shifted(ta, shift), ba))  # fmt: skip
+    if nt and nb:
+        deff_t = c.design_effect("t", "len_k")
+        deff_b = c.design_effect("b", "len_k")
         spread = math.sqrt(deff_t / nt + deff_b / nb) / 2.0
         # DKW: P(sup|F_n - F| > eps) <= 2 exp(-2 n eps^2); z/2 per unit sqrt(1/n) matches the
         # normal bound's tail, and the confidence-sequence z carries the many looks.

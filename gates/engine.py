@@ -22,7 +22,7 @@ from gates.checks import evaluate_gates
 from gates.commands import Command
 from gates.decision import Decision, GateResult
 from gates.drift import MIN_SHIFT, Detectors, DriftState, canary_onset
-from gates.events import Event, FeedbackEvent, InferenceEvent
+from gates.events import NEGATIVE_FEEDBACK, Event, FeedbackEvent, InferenceEvent
 from gates.policy import PolicySet, RolloutPolicy
 from gates.sketch import LN_GAMMA
 from gates.sketch import keys_of as _keys_of
@@ -86,11 +86,15 @@ class RolloutStatus:
 ARM_CODE = {"baseline": 0, "canary": 1, "shadow": 2}
 _TS = operator.attrgetter("ts")
 _RID = operator.attrgetter("rollout_id")
-_NUMERIC = (operator.attrgetter("ts"), operator.attrgetter("latency_ms"), operator.attrgetter("output_tokens"))
+_LATENCY = operator.attrgetter("latency_ms")
 _STATUS = operator.attrgetter("status")
 _REFUSAL = operator.attrgetter("refusal")
 _COST = operator.attrgetter("cost_usd")
 _ARM = operator.attrgetter("arm")
+_TOKENS = operator.attrgetter("output_tokens")
+_DIGEST = operator.attrgetter("model_digest")
+_REQUEST_TS = operator.attrgetter("request_ts")
+_VALUE = operator.attrgetter("value")
 ARM_NAMES = ("baseline", "canary", "shadow")
 
 
@@ -317,45 +321,54 @@ class Engine:
         if inf:
             # columns through C-level attribute getters: cheaper than building a tuple per event
             n_inf = len(inf)
-            cols = [np.fromiter(map(g, inf), np.float64, n_inf) for g in _NUMERIC]
-            err_col = np.fromiter(map(_STATUS, inf), dtype="U5", count=n_inf) == "error"
-            ref_col = np.fromiter(map(_REFUSAL, inf), bool, n_inf)
+            ts_col = np.fromiter(map(_TS, inf), np.float64, n_inf)
+            lat_col = np.fromiter(map(_LATENCY, inf), np.float64, n_inf)
+            tok_col = np.fromiter(map(_TOKENS, inf), np.int64, n_inf)
+            err_col = (np.fromiter(map(_STATUS, inf), dtype="U5", count=n_inf) == "error").astype(np.int64)
+            ref_col = np.fromiter(map(_REFUSAL, inf), np.int64, n_inf)
             cost = np.array(list(map(_COST, inf)), dtype=np.float64)  # None -> NaN: priced below
             missing = np.flatnonzero(np.isnan(cost))
             if missing.size:
                 cost[missing] = [_cost(inf[i], p) for i in missing.tolist()]
-            cols += [err_col.astype(np.float64), ref_col.astype(np.float64), cost,
-                     np.fromiter(map(ARM_CODE.__getitem__, map(_ARM, inf)), np.float64, n_inf)]
-            arms = cols[6].astype(np.int64)
-            for code in np.unique(arms).tolist():
+            arms = np.fromiter(map(ARM_CODE.__getitem__, map(_ARM, inf)), np.int64, n_inf)
+            per_arm = np.bincount(arms, minlength=len(ARM_NAMES)).tolist()
+            for code, k in enumerate(per_arm):
+                if not k:
+                    continue
                 arm = ARM_NAMES[code]
-                m = arms == code
-                k = int(m.sum())
+                # a batch of one arm (a shadow stage) needs no selection
+                m = slice(None) if k == n_inf else arms == code
                 st.events[arm] = st.events.get(arm, 0) + k
-                tok = cols[2][m].astype(np.int64)
-                err, ref = cols[3][m].astype(np.int64), cols[4][m].astype(np.int64)
+                tok, err, ref = tok_col[m], err_col[m], ref_col[m]
                 win.add_inference(
-                    w, arm, cols[0][m], cols[1][m], tok, np.maximum(err, ref), err, ref, cost[m],
+                    w, arm, ts_col[m], lat_col[m], tok, np.maximum(err, ref), err, ref, cost[m],
                     keep_block_sketches=arm != "baseline",
                 )  # fmt: skip
                 det.count(arm, k, int(np.maximum(sketch_keys(tok), win.LOG_KEY_FLOOR).sum()), int(ref.sum()))
                 if (st.baseline_digest if arm == "baseline" else st.canary_digest) is None:
-                    digest = next((e.model_digest for e in inf if e.arm == arm and e.model_digest), None)
+                    # the arm's first event with a digest, if any
+                    mine = inf if k == n_inf else itertools.compress(inf, (arms == code).tolist())
+                    digest = next(filter(None, map(_DIGEST, mine)), None)
                     if arm == "baseline":
                         st.baseline_digest = digest
                     else:
                         st.canary_digest = digest
         if len(inf) < len(evs):
             fbs: list[FeedbackEvent] = [e for e in evs if type(e) is FeedbackEvent]
-            st.events["feedback"] = st.events.get("feedback", 0) + len(fbs)
+            n_fb = len(fbs)
+            st.events["feedback"] = st.events.get("feedback", 0) + n_fb
             delay = p.gates.feedback.assumed_delay_seconds
-            for arm in ARM_NAMES:
-                sel = [e for e in fbs if e.arm == arm]
-                if not sel:
-                    continue
-                rts = np.array([e.request_ts if e.request_ts is not None else e.ts - delay for e in sel], np.float64)
-                neg = np.array([e.negative for e in sel], dtype=np.int64)
-                win.add_feedback(w, arm, rts, neg)
+            # the request's time, or the feedback's time less the assumed delay (None -> NaN -> filled)
+            rts = np.array(list(map(_REQUEST_TS, fbs)), np.float64)
+            no_rts = np.isnan(rts)
+            if no_rts.any():
+                rts[no_rts] = np.fromiter(map(_TS, itertools.compress(fbs, no_rts.tolist())), np.float64) - delay
+            neg = np.fromiter(map(NEGATIVE_FEEDBACK.__contains__, map(_VALUE, fbs)), np.int64, n_fb)
+            fb_arms = np.fromiter(map(ARM_CODE.__getitem__, map(_ARM, fbs)), np.int64, n_fb)
+            for code, k in enumerate(np.bincount(fb_arms, minlength=len(ARM_NAMES)).tolist()):
+                if k:
+                    m = slice(None) if k == n_fb else fb_arms == code
+                    win.add_feedback(w, ARM_NAMES[code], rts[m], neg[m])
 
     def _evaluate(self, st: RolloutState, now: float) -> Decision | None:
         p = self.policy(st.rollout_id)

@@ -74,24 +74,43 @@ def ratio_of_means(
     binary: bool = False,
 ) -> RatioEstimate | None:
     """Canary/baseline ratio of per-request means on a log scale, with a z-wide bound."""
+    return ratio_of_means_at(xc, nc, sqc, xb, nb, sqb, zs=(z,), smooth=smooth, binary=binary)[0]
+
+
+def ratio_of_means_at(
+    xc: FloatArray,
+    nc: FloatArray,
+    sqc: float,
+    xb: FloatArray,
+    nb: FloatArray,
+    sqb: float,
+    *,
+    zs: tuple[float, ...],
+    smooth: float = 0.0,
+    binary: bool = False,
+) -> list[RatioEstimate | None]:
+    """``ratio_of_means`` at each z of ``zs``: the arms' means and variances are computed once."""
     rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary)
     rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary)
     if math.isnan(rc) or math.isnan(rb):
-        return None
+        return [None for _ in zs]
     dc, db = rc + smooth, rb + smooth
     if dc <= 0 or db <= 0:
-        return None
+        return [None for _ in zs]
     log_ratio = math.log(dc) - math.log(db)
     se = math.sqrt(vc / (dc * dc) + vb / (db * db))
-    return RatioEstimate(
-        ratio=math.exp(log_ratio),
-        lower=math.exp(log_ratio - z * se),
-        upper=math.exp(log_ratio + z * se),
-        canary=rc,
-        baseline=rb,
-        log_se=se,
-        blocks=min(bc, bb),
-    )
+    return [
+        RatioEstimate(
+            ratio=math.exp(log_ratio),
+            lower=math.exp(log_ratio - z * se),
+            upper=math.exp(log_ratio + z * se),
+            canary=rc,
+            baseline=rb,
+            log_se=se,
+            blocks=min(bc, bb),
+        )
+        for z in zs
+    ]
 
 
 @dataclass(frozen=True)
