@@ -106,6 +106,7 @@ _union_list_decoder = msgspec.json.Decoder(list[InferenceEvent | FeedbackEvent])
 _inference_decoder = msgspec.json.Decoder(InferenceEvent)
 _inference_list_decoder = msgspec.json.Decoder(list[InferenceEvent])
 _wire_list_decoder = msgspec.json.Decoder(list[_Wire])
+_raw_list_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})?\Z")
@@ -277,6 +278,9 @@ def decode_message(raw: bytes) -> list[Decoded]:
                     return list(dec.decode(raw))
                 except msgspec.DecodeError:
                     pass
+            mixed = _fast_each(raw)
+            if mixed is not None:
+                return mixed
             out = [_one(w) for w in _wire_list_decoder.decode(raw)]
             if any(type(d) is Rejection for d in out):
                 return _decode_slow(raw)  # to keep each bad element's original JSON
@@ -313,6 +317,24 @@ def _decode_slow(raw: bytes) -> list[Decoded]:
     return out
 
 
+
+
+def _fast_each(raw: bytes) -> list[Decoded] | None:
+    """An array mixing inference events without ``type`` (the default) and feedback events, which
+    neither typed list decoder takes: each element through the typed decoders, still in C; None
+    when any element needs the lenient path."""
+    out: list[Decoded] = []
+    for item in _raw_list_decoder.decode(raw):
+        try:
+            out.append(_inference_decoder.decode(item))
+            continue
+        except msgspec.DecodeError:
+            pass
+        try:
+            out.append(_union_decoder.decode(item))
+        except msgspec.DecodeError:
+            return None
+    return out
 
 
 def _fast_one(raw: bytes) -> Event | None:

@@ -18,6 +18,7 @@ from gates.events import (
     FeedbackEvent,
     InferenceEvent,
     Rejection,
+    _decode_slow,
     decode_lines,
     decode_message,
     encode_event,
@@ -317,6 +318,25 @@ def test_array_of_valid_events_decodes_all_in_order() -> None:
     out = decode_message(orjson.dumps(objs))
     assert [e.request_id for e in out] == [f"r{i}" for i in range(5)]  # type: ignore[union-attr]
     assert decode_message(b"[]") == []
+
+
+@given(st.lists(st.sampled_from(["untagged", "tagged", "feedback", "string-ts", "bad"]), max_size=12))
+@settings(max_examples=60, deadline=None, derandomize=True)
+def test_any_array_decodes_as_the_lenient_path_does_element_by_element(kinds: list[str]) -> None:
+    # the typed fast paths (whole array, or element by element for inference events without "type"
+    # next to feedback events) must give exactly what the lenient decoder gives
+    make = {
+        "untagged": lambda i: with_(INFERENCE, request_id=f"u{i}", ts=TS + i),
+        "tagged": lambda i: with_(INFERENCE, type="inference", request_id=f"t{i}", cost_usd=0.001),
+        "feedback": lambda i: with_(FEEDBACK, request_id=f"f{i}", request_ts=TS + i),
+        "string-ts": lambda i: with_(INFERENCE, request_id=f"s{i}", ts="2026-01-01T00:00:01Z"),
+        "bad": lambda i: with_(INFERENCE, request_id=f"b{i}", latency_ms=-1),
+    }
+    raw = orjson.dumps([make[k](i) for i, k in enumerate(kinds)])
+    assert decode_message(raw) == _decode_slow(raw)
+    assert [type(x).__name__ for x in decode_message(raw)] == [
+        {"feedback": "FeedbackEvent", "bad": "Rejection"}.get(k, "InferenceEvent") for k in kinds
+    ]
 
 
 @pytest.mark.parametrize(
