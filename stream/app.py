@@ -182,7 +182,7 @@ def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | 
     # rollout's state in the partition of its events); values are engine snapshots.
     table = app.Table(STATE_TABLE, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions,
                       use_partitioner=True, help="engine snapshot per rollout (gates.engine)")
-    metrics = metrics if metrics is not None else Metrics()
+    metrics = metrics if metrics is not None else Metrics(ended_retention_seconds=settings.metrics_ended_retention_seconds)
     sink = KafkaSink(settings, table)
     processor = Processor(factory, sink, metrics)
     guarded = {settings.events_topic, settings.commands_topic}

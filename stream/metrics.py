@@ -44,6 +44,7 @@ class _RolloutView:
     gates: tuple[tuple[str, int, float, float], ...]  # name, status code, ratio (NaN if none), threshold
     samples: tuple[tuple[str, int], ...]
     watermark: float
+    ended_at: float = math.nan  # wall time the rollout was first seen halted or complete
 
 
 class RolloutGauges(Collector):
@@ -65,6 +66,17 @@ class RolloutGauges(Collector):
     def clear(self) -> None:
         with self._lock:
             self._views.clear()
+
+    def get(self, rollout_id: str) -> _RolloutView | None:
+        with self._lock:
+            return self._views.get(rollout_id)
+
+    def remove_ended_before(self, cutoff: float) -> list[str]:
+        with self._lock:
+            gone = [rid for rid, v in self._views.items() if v.ended_at < cutoff]
+            for rid in gone:
+                del self._views[rid]
+        return gone
 
     def __len__(self) -> int:
         return len(self._views)
@@ -105,8 +117,14 @@ class RolloutGauges(Collector):
 class Metrics:
     """Every metric of the worker, in its own registry (tests build as many as they like)."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, clock: Callable[[], float] = time.time,
+                 ended_retention_seconds: float = 86400.0) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self._clock = clock
+        # an ended rollout's series stay this long (its final state on the dashboard), then go, so
+        # the number of series follows the rollouts in flight, not every rollout ever run
+        self.ended_retention_seconds = ended_retention_seconds
+        self._actions: dict[str, set[str]] = {}
         r = self.registry
         self.rollouts = RolloutGauges(clock)
         r.register(self.rollouts)
@@ -141,6 +159,7 @@ class Metrics:
 
     def count_decision(self, decision: Decision) -> None:
         self.decisions.labels(decision.rollout_id, decision.action).inc()
+        self._actions.setdefault(decision.rollout_id, set()).add(decision.action)
 
     def observe_status(self, rollout_id: str, status: Any) -> None:
         """Mirror one rollout's engine status (gates.engine.RolloutStatus) into the gauges."""
@@ -150,8 +169,12 @@ class Metrics:
             for g in status.gates
         )
         watermark = float(status.watermark) if status.watermark is not None else math.nan
+        ended_at = math.nan
+        if getattr(status, "terminal", False):
+            before = self.rollouts.get(rollout_id)
+            ended_at = before.ended_at if before is not None and not math.isnan(before.ended_at) else self._clock()
         self.rollouts.update(rollout_id, _RolloutView(status.stage, status.weight / 100.0, gates,
-                                                      tuple(status.samples.items()), watermark))
+                                                      tuple(status.samples.items()), watermark, ended_at))
         self._observe_drift(rollout_id, status.drift_alarms)
 
     def _observe_drift(self, rollout_id: str, alarms: Mapping[str, int]) -> None:
@@ -163,6 +186,17 @@ class Metrics:
             if total > seen:
                 self.drift_alarms.labels(rollout_id, arm, signal).inc(total - seen)
                 self._drift_seen[k] = total
+
+    def expire_ended(self) -> list[str]:
+        """Drop every series of rollouts that ended more than ``ended_retention_seconds`` ago."""
+        gone = self.rollouts.remove_ended_before(self._clock() - self.ended_retention_seconds)
+        for rid in gone:
+            for action in self._actions.pop(rid, ()):
+                self.decisions.remove(rid, action)
+            for k in [k for k in self._drift_seen if k[0] == rid]:
+                del self._drift_seen[k]
+                self.drift_alarms.remove(*k)
+        return gone
 
     def forget_rollouts(self) -> None:
         """After a rebalance the engine is rebuilt: the gauges are refilled from it."""

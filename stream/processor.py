@@ -177,6 +177,7 @@ class Processor:
         async with self._lock:
             decisions = self.engine.tick(self.event_clock() if now is None else now)
             await self._finish(decisions)
+            self.metrics.expire_ended()
             return decisions
 
     async def restore(self, items: Iterable[tuple[str, bytes]],

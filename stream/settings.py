@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("rollout-gate-data")
     metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(9108, ge=0, le=65535, description="0 picks a free port")
+    metrics_ended_retention_seconds: float = Field(
+        86400.0, ge=0, description="how long a halted or complete rollout's series stay on /metrics")
     tick_seconds: float = Field(1.0, gt=0, le=300)
     batch_max_messages: int = Field(1000, ge=1)
     batch_within_seconds: float = Field(0.05, gt=0, le=10)

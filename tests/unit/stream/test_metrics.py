@@ -127,3 +127,32 @@ def test_rollout_gauges_are_built_at_scrape_time_and_survive_concurrent_updates(
     assert len(m.rollouts) == 501
     m.forget_rollouts()
     assert "rollout_gate_stage_info{" not in m.render().decode()
+
+
+def test_an_ended_rollouts_series_go_after_the_retention_and_the_others_stay() -> None:
+    from types import SimpleNamespace
+
+    from gates.decision import Decision
+
+    now = [1000.0]
+    m = Metrics(clock=lambda: now[0], ended_retention_seconds=3600)
+
+    def status(stage: str, terminal: bool) -> SimpleNamespace:
+        return SimpleNamespace(stage=stage, weight=0.0 if terminal else 10.0, gates=[], samples={"canary": 5},
+                               watermark=now[0], drift_alarms={"canary:log_length": 1}, terminal=terminal)
+
+    for rid, stage, terminal in (("old", "rolled-back", True), ("live", "canary-10", False)):
+        m.observe_status(rid, status(stage, terminal))
+        m.count_decision(Decision(rollout_id=rid, seq=1, ts=now[0], action="halt" if terminal else "promote",
+                                  stage=stage, weight=0.0, previous_weight=1.0, baseline_digest=None,
+                                  canary_digest=None, gates=[], reason="r"))
+    now[0] += 1800
+    m.observe_status("old", status("rolled-back", True))  # seen again: the retention runs from the first time
+    assert m.expire_ended() == []
+    now[0] += 1801
+    assert m.expire_ended() == ["old"]
+    text = m.render().decode()
+    assert 'rollout="old"' not in text
+    assert 'rollout_gate_stage_info{rollout="live",stage="canary-10"} 1.0' in text
+    assert 'rollout_gate_decisions_total{action="promote",rollout="live"} 1.0' in text
+    assert 'rollout_gate_drift_alarms_total{arm="canary",rollout="live",signal="log_length"} 1.0' in text
