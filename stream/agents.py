@@ -85,17 +85,18 @@ def register(w: Wiring) -> None:
             except Exception as exc:
                 fail_stop(f"batch of {len(batch)} commands from {s.commands_topic}", exc)
 
+    sources = (s.events_topic, s.commands_topic)
+
     @app.timer(s.tick_seconds, name=f"{s.app_id}.tick")
     async def tick() -> None:
         try:
             await to_completion(proc.tick())
+            await to_completion(proc.check_stalls(handed_on(app.consumer, sources)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             fail_stop("timer tick", exc)
         await update_consumer_lag(w)
-
-    sources = (s.events_topic, s.commands_topic)
 
     async def rewind(topic: str, partition: int, offset: int) -> int:
         # stream.transport.Consumer.rewind: Faust's plain seek does not hold while the fetcher runs
@@ -148,6 +149,12 @@ async def resume_offsets(w: Wiring, tps: list[TP]) -> dict[tuple[str, int], int]
         for tp, offset in (await w.app.consumer.earliest_offsets(*missing)).items():
             out[(tp.topic, tp.partition)] = offset
     return out
+
+
+def handed_on(consumer: Any, topics: tuple[str, ...]) -> dict[tuple[str, int], int | None]:
+    """The last offset Faust passed to the streams, per assigned partition of ``topics``."""
+    read = getattr(consumer, "_read_offset", {})
+    return {(tp.topic, tp.partition): read.get(tp) for tp in consumer.assignment() if tp.topic in topics}
 
 
 async def update_consumer_lag(w: Wiring) -> None:

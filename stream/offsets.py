@@ -41,11 +41,13 @@ class _Rewind:
 
 
 class OffsetGuard:
-    def __init__(self, clock: Callable[[], float], *, retry_after: float = 5.0) -> None:
+    def __init__(self, clock: Callable[[], float], *, retry_after: float = 5.0, stall_after: float = 10.0) -> None:
         self.clock = clock
         self.retry_after = retry_after
+        self.stall_after = stall_after
         self.positions: dict[Key, int] = {}  # the next offset to process
         self._rewinding: dict[Key, _Rewind] = {}
+        self._behind: dict[Key, _Rewind] = {}  # position seen behind what Faust handed on, since when
 
     def start(self, positions: Mapping[Key, int]) -> None:
         """After recovery: where each assigned partition resumes (its committed offset)."""
@@ -56,6 +58,32 @@ class OffsetGuard:
         for key in keys:
             self.positions.pop(key, None)
             self._rewinding.pop(key, None)
+            self._behind.pop(key, None)
+
+    def stalled(self, key: Key, handed_on: int | None) -> int | None:
+        """The offset to seek back to when records were lost with nothing after them.
+
+        admit() sees a gap only when a later record arrives; on a quiet partition (the commands
+        topic) a record Faust dropped would wait for the next one. ``handed_on`` is the last offset
+        Faust passed to the streams; if the processor's position has stayed behind it for
+        ``stall_after`` seconds, the records in between are taken as lost (a slow batch that was
+        in fact still in flight comes again and is skipped: the engine counts each offset once)."""
+        position = self.positions.get(key)
+        if position is None or handed_on is None or handed_on < position or key in self._rewinding:
+            self._behind.pop(key, None)
+            return None
+        now = self.clock()
+        seen = self._behind.get(key)
+        if seen is None or seen.offset != position:
+            self._behind[key] = _Rewind(position, now)
+            return None
+        if now - seen.since < self.stall_after:
+            return None
+        log.warning("%s:%d: offsets %d..%d were handed on but never processed; seeking back to %d",
+                    key[0], key[1], position, handed_on, position)
+        del self._behind[key]
+        self._rewinding[key] = _Rewind(position, now)
+        return position
 
     def rewound(self, key: Key, offset: int) -> None:
         """The seek went to ``offset``; beyond the missing one if the broker no longer has it."""

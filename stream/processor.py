@@ -180,6 +180,20 @@ class Processor:
             self.metrics.expire_ended()
             return decisions
 
+    async def check_stalls(self, handed_on: Mapping[Key, int | None]) -> dict[Key, int]:
+        """Seek back partitions whose records Faust handed on but the processor never got, with no
+        later record to reveal the gap (``OffsetGuard.stalled``); returns where each went."""
+        if self.rewind is None:
+            return {}
+        async with self._lock:
+            went: dict[Key, int] = {}
+            for key, offset in handed_on.items():
+                target = self.guard.stalled(key, offset)
+                if target is not None:
+                    went[key] = await self.rewind(key[0], key[1], target)
+                    self.guard.rewound(key, went[key])
+            return went
+
     async def restore(self, items: Iterable[tuple[str, bytes]],
                       positions: Mapping[Key, int] | None = None) -> int:
         """Rebuild the engine from persisted snapshots (after recovery or a rebalance); ``positions``
