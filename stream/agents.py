@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from aiokafka import TopicPartition
 from faust.types import TP
@@ -48,7 +48,7 @@ async def to_completion(aw: Awaitable[T]) -> T:
     return result
 
 
-def fail_stop(what: str, exc: BaseException) -> None:
+def fail_stop(what: str, exc: BaseException) -> NoReturn:
     """An engine or producer failure: exit at once, before Faust commits the batch's offsets.
 
     The state lives in Kafka (changelog + committed offsets), so a restarted worker resumes from
@@ -60,6 +60,17 @@ def fail_stop(what: str, exc: BaseException) -> None:
     os._exit(EXIT_ENGINE_FAILURE)
 
 
+async def finish_or_stop(aw: Awaitable[T], what: str) -> T:
+    """``to_completion``, and ``fail_stop`` on any failure but a cancellation (``what`` names the
+    work in the log line)."""
+    try:
+        return await to_completion(aw)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        fail_stop(what, exc)
+
+
 def register(w: Wiring) -> None:
     from .app import records
 
@@ -68,34 +79,24 @@ def register(w: Wiring) -> None:
     @app.agent(w.events_topic, name=f"{s.app_id}.events", concurrency=1)
     async def consume_events(stream: Any) -> None:
         async for batch in stream.take_events(s.batch_max_messages, within=s.batch_within_seconds):
-            try:
-                await to_completion(proc.process_events(records(batch)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                fail_stop(f"batch of {len(batch)} messages from {s.events_topic}", exc)
+            await finish_or_stop(proc.process_events(records(batch)),
+                                 f"batch of {len(batch)} messages from {s.events_topic}")
 
     @app.agent(w.commands_topic, name=f"{s.app_id}.commands", concurrency=1)
     async def consume_commands(stream: Any) -> None:
         async for batch in stream.take_events(100, within=s.batch_within_seconds):
-            try:
-                await to_completion(proc.process_commands(records(batch)))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                fail_stop(f"batch of {len(batch)} commands from {s.commands_topic}", exc)
+            await finish_or_stop(proc.process_commands(records(batch)),
+                                 f"batch of {len(batch)} commands from {s.commands_topic}")
 
     sources = (s.events_topic, s.commands_topic)
 
+    async def check_stalls() -> None:
+        await proc.check_stalls(handed_on(app.consumer, sources))
+
     @app.timer(s.tick_seconds, name=f"{s.app_id}.tick")
     async def tick() -> None:
-        try:
-            await to_completion(proc.tick())
-            await to_completion(proc.check_stalls(handed_on(app.consumer, sources)))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            fail_stop("timer tick", exc)
+        await finish_or_stop(proc.tick(), "timer tick")
+        await finish_or_stop(check_stalls(), "stall check")
         await update_consumer_lag(w)
 
     async def rewind(topic: str, partition: int, offset: int) -> int:
