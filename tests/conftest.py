@@ -1,5 +1,5 @@
 """Shared fixtures. Integration tests talk to the broker at ROLLOUT_GATE_KAFKA_BOOTSTRAP
-(default 127.0.0.1:19092, started by ``scripts/kafka-local start`` or ``bash .ci/run``)."""
+(default 127.0.0.1:19092, started by ``scripts/kafka-local start`` or ``bash scripts/test``)."""
 
 from __future__ import annotations
 

@@ -73,7 +73,7 @@ def test_every_metric_is_exposed_and_promtool_accepts_them() -> None:
         assert f"\n{name}" in "\n" + text or f"# TYPE {name.removesuffix('_total')}" in text, name
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed (.ci/run installs it)")
+        pytest.skip("promtool is not installed (scripts/test installs it)")
     r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
 
