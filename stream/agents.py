@@ -72,15 +72,16 @@ async def finish_or_stop(aw: Awaitable[T], what: str) -> T:
 
 
 def register(w: Wiring) -> None:
-    from .app import records
+    from .app import EVENT_FETCHES_PER_BATCH, records
 
     app, s, proc = w.app, w.settings, w.processor
 
     @app.agent(w.events_topic, name=f"{s.app_id}.events", concurrency=1)
     async def consume_events(stream: Any) -> None:
-        async for batch in stream.take_events(s.batch_max_messages, within=s.batch_within_seconds):
-            await finish_or_stop(proc.process_events(records(batch)),
-                                 f"batch of {len(batch)} messages from {s.events_topic}")
+        # each item is a fetch of one partition (stream.transport.Bundle), unpacked by records()
+        async for batch in stream.take_events(EVENT_FETCHES_PER_BATCH, within=s.batch_within_seconds):
+            recs = records(batch)
+            await finish_or_stop(proc.process_events(recs), f"batch of {len(recs)} messages from {s.events_topic}")
 
     @app.agent(w.commands_topic, name=f"{s.app_id}.commands", concurrency=1)
     async def consume_commands(stream: Any) -> None:

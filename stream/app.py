@@ -27,6 +27,10 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 STATE_TABLE = "rollout-state"
+# Fetches of the events topic waiting for the agent (Faust pauses the partition above 80%), and
+# the most fetches the agent folds in one batch. A fetch holds up to batch_max_messages messages.
+EVENT_FETCHES_BUFFERED = 32
+EVENT_FETCHES_PER_BATCH = 8
 
 
 def partition_for_key(key: str, partitions: int) -> int:
@@ -167,14 +171,18 @@ def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | 
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_seconds,
         consumer_max_fetch_size=settings.max_fetch_bytes,
+        broker_max_poll_records=settings.batch_max_messages,
         broker_session_timeout=settings.session_timeout_seconds,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_seconds / 3),
         autodiscover=False,
     )
     app.rollout_gate_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app.rollout_gate_bundled_topics = frozenset({settings.events_topic})
+    # Each fetch of a partition comes as one bundle of up to batch_max_messages records
+    # (stream.transport), so the stream's buffer counts fetches, not messages.
     events_topic = app.topic(settings.events_topic, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw",
-                             partitions=settings.topic_partitions)
+                             partitions=settings.topic_partitions, maxsize=EVENT_FETCHES_BUFFERED)
     commands_topic = app.topic(settings.commands_topic, key_type=bytes, value_type=bytes,
                                key_serializer="raw", value_serializer="raw",
                                partitions=settings.topic_partitions)
@@ -200,9 +208,14 @@ def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | 
 
 
 def records(events: Sequence[Any]) -> list[Record]:
-    """Faust events -> processor records (topic, partition, offset, raw key and value)."""
+    """Faust events -> processor records (topic, partition, offset, raw key and value); a bundled
+    fetch (stream.transport.Bundle) gives each of its records."""
     out = []
     for e in events:
         m = e.message
-        out.append(Record(m.topic, m.partition, m.offset, m.key, m.value))
+        bundled = getattr(m, "records", None)
+        if bundled is None:
+            out.append(Record(m.topic, m.partition, m.offset, m.key, m.value))
+        else:
+            out.extend([Record(r.topic, r.partition, r.offset, r.key, r.value) for r in bundled])
     return out

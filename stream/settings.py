@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     metrics_ended_retention_seconds: float = Field(
         86400.0, ge=0, description="how long a halted or complete rollout's series stay on /metrics")
     tick_seconds: float = Field(1.0, gt=0, le=300)
-    batch_max_messages: int = Field(1000, ge=1)
+    batch_max_messages: int = Field(1000, ge=1, description="most events-topic messages per fetch; "
+                                    "a batch folds up to 8 fetches")
     batch_within_seconds: float = Field(0.05, gt=0, le=10)
     fetch_max_wait_ms: int = Field(100, ge=1, le=5000, description="broker wait of an idle fetch")
     max_fetch_bytes: int = Field(8 * 2**20, ge=2**16, description="per partition and fetch")

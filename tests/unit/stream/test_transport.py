@@ -13,9 +13,9 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-from stream.app import bootstrap
+from stream.app import bootstrap, records
 from stream.settings import Settings
-from stream.transport import Consumer, ConsumerThread, Rewinds, Verdict
+from stream.transport import Bundle, Consumer, ConsumerThread, Rewinds, Verdict, bundle_fetch
 
 from .fakes import FakeEngine
 
@@ -151,3 +151,77 @@ async def test_the_consumer_thread_gets_a_copy_of_the_active_partitions(
     await consumer._getmany(live, 1.0)
     await consumer._getmany(None, 1.0)
     assert seen == [{TP("changelog", 0)}, None]
+
+
+def _rec(offset: int, topic: str = "ev", value: bytes = b"{}") -> SimpleNamespace:
+    return SimpleNamespace(topic=topic, partition=0, offset=offset, timestamp=1000 + offset, timestamp_type=0,
+                           key=b"r", value=value, serialized_value_size=len(value))
+
+
+def test_a_fetch_of_a_bundled_topic_becomes_one_record_per_partition() -> None:
+    ev, cmd = TP("ev", 0), TP("cmd", 0)
+    fetch = {ev: [_rec(4), _rec(5), _rec(6)], cmd: [_rec(9, "cmd"), _rec(10, "cmd")], TP("ev", 1): []}
+    out = bundle_fetch(fetch, {"ev"})
+    assert out[cmd] == fetch[cmd] and out[TP("ev", 1)] == []
+    [b] = out[ev]
+    assert isinstance(b, Bundle) and b.records == fetch[ev]
+    # Faust sees the last record's position: its read offset, acks and commits cover the fetch
+    assert (b.topic, b.partition, b.offset, b.timestamp) == ("ev", 0, 6, 1006)
+    assert (b.key, b.value, b.serialized_value_size) == (None, b"", 6)
+
+
+async def test_the_consumer_bundles_the_events_topic_and_the_message_carries_the_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = bootstrap(Settings(app_id="unit-bundle", data_dir=tmp_path, events_topic="ev"), engine_factory=FakeEngine)
+    consumer = w.app.consumer
+    fetched = [_rec(0), _rec(1)]
+
+    async def thread_getmany(self: Any, active_partitions: set[TP] | None, timeout: float) -> dict[TP, Any]:
+        return {EV: list(fetched), TP("other", 0): [_rec(3, "other")]}
+
+    monkeypatch.setattr(faust_consumer.ThreadDelegateConsumer, "_getmany", thread_getmany)
+    got = await consumer._getmany({EV}, 1.0)
+    assert got[TP("other", 0)][0].offset == 3 and not isinstance(got[TP("other", 0)][0], Bundle)
+    message = consumer._to_message(EV, got[EV][0])
+    assert message.offset == 1 and message.records == fetched
+    assert [(r.offset, r.value) for r in records([SimpleNamespace(message=message)])] == [(0, b"{}"), (1, b"{}")]
+
+
+async def test_after_a_rewind_bundles_fetched_before_it_are_dropped_and_the_first_one_after_it_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # as the rewind test above, with each fetch as one bundle: Faust handed on 10 and 11, the guard
+    # sought back to 5, the rest of the fetch in hand (12, 13) is stale, the next fetch starts at 5
+    w = bootstrap(Settings(app_id="unit-rewind-bundle", data_dir=tmp_path), engine_factory=FakeEngine)
+    consumer = w.app.consumer
+    fetches = [[SimpleNamespace(offset=13, records=[_rec(12), _rec(13)])],
+               [SimpleNamespace(offset=15, records=[_rec(o) for o in range(5, 16)])]]
+
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        for message in fetches.pop(0):
+            yield EV, message
+
+    monkeypatch.setattr(faust_consumer.Consumer, "getmany", getmany)
+    consumer._read_offset[EV] = 11
+    consumer.rewinds.begin(EV, 5, read_offset=11)  # as Consumer.rewind does
+    assert [m async for _, m in consumer.getmany(timeout=1.0)] == []
+    got = [m async for _, m in consumer.getmany(timeout=1.0)]
+    assert [m.offset for m in got] == [15] and [r.offset for r in got[0].records] == list(range(5, 16))
+    assert consumer._read_offset[EV] is None  # so Faust hands on 15 although it read past 5 before
+    assert EV not in consumer.rewinds
+
+
+async def test_a_retried_rewind_drops_the_rest_of_the_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer, sought = _consumer(tmp_path, monkeypatch, [])
+    now = [0.0]
+    consumer.rewinds = Rewinds(lambda: now[0], retry_after=5.0)
+    fetches = [[SimpleNamespace(offset=42, records=[_rec(40), _rec(41), _rec(42)])]]
+
+    async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        for message in fetches.pop(0):
+            yield EV, message
+
+    monkeypatch.setattr(faust_consumer.Consumer, "getmany", getmany)
+    consumer.rewinds.begin(EV, 5, read_offset=11)
+    now[0] = 6.0  # 5..39 were deleted meanwhile: 40 looks stale, long after the seek
+    assert [m async for _, m in consumer.getmany(timeout=1.0)] == []
+    assert sought == [5] and consumer.rewinds.target(EV) == 5
