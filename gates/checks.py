@@ -52,16 +52,16 @@ class Ctx:
         if got is None:
             keys = np.fromiter(store.keys(), dtype=np.int64, count=len(store))
             counts = np.fromiter(store.values(), dtype=np.int64, count=len(store))
-            order = np.argsort(keys)
+            order = keys.argsort()
             counts = counts[order]
-            got = self.cache[id(store)] = (keys[order], np.cumsum(counts), counts)
+            got = self.cache[id(store)] = (keys[order], counts.cumsum(), counts)
         return got
 
     def count_above(self, store: dict[int, int], threshold: float) -> int:
         keys, cum = self.sorted_sketch(store)
         if keys.size == 0:
             return 0
-        i = int(np.searchsorted(keys, sketch.key_of(threshold), side="right"))
+        i = int(keys.searchsorted(sketch.key_of(threshold), side="right"))
         return int(cum[-1] - (cum[i - 1] if i > 0 else 0))
 
     def block_counts_above(self, metric: str, threshold: float) -> Any:
@@ -75,7 +75,7 @@ class Ctx:
             total = sum(sizes)
             keys = np.fromiter(itertools.chain.from_iterable(s for s in stores if s), np.int64, total)
             counts = np.fromiter(itertools.chain.from_iterable(s.values() for s in stores if s), np.int64, total)
-            rows = np.repeat(np.arange(len(stores)), sizes)
+            rows = np.arange(len(stores)).repeat(sizes)
             got = self.memo[("blocks", metric)] = (keys, counts, rows, len(stores))
         keys, counts, rows, n_rows = got
         above = keys > sketch.key_of(threshold)
@@ -249,12 +249,10 @@ def _quantile_bounds(c: Ctx, store: dict[int, int], q: float, z: float, deff: fl
         return None
     n = int(cum[-1])
     half = z * math.sqrt(n * q * (1 - q) * deff)
-
-    def at(rank: float) -> float:
-        rank = min(max(rank, 0.0), n - 1.0)
-        return sketch.value_of(int(keys[min(int(cum.searchsorted(rank, side="right")), keys.size - 1)]))
-
-    mid, lo, hi = at(q * (n - 1)), at(q * (n - 1) - half), at(q * (n - 1) + half)
+    # the ranks of the quantile and of its two bounds, looked up in one search
+    ranks = [min(max(rank, 0.0), n - 1.0) for rank in (q * (n - 1), q * (n - 1) - half, q * (n - 1) + half)]
+    last = keys.size - 1
+    mid, lo, hi = (sketch.value_of(int(keys[min(i, last)])) for i in cum.searchsorted(ranks, side="right").tolist())
     if q * (n - 1) + half > n - 1:
         hi = math.inf  # too few samples to bound the quantile from above
     if q * (n - 1) - half < 0:

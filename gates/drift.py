@@ -37,9 +37,15 @@ class Detectors:
     def __init__(self, state: DriftState) -> None:
         self.state = state
         self.adwin: dict[tuple[str, str], drift.ADWIN] = pickle.loads(state.detectors) if state.detectors else {}
+        # whether state.detectors was pickled from these objects and they have not changed since: a
+        # snapshot between two ticks then keeps the bytes it has (pickling the same objects again
+        # gives the same bytes)
+        self.dumped = False
 
     def dump(self) -> None:
-        self.state.detectors = pickle.dumps(self.adwin, protocol=5)
+        if not self.dumped:
+            self.state.detectors = pickle.dumps(self.adwin, protocol=5)
+            self.dumped = True
 
     def _det(self, arm: str, signal: str) -> drift.ADWIN:
         d = self.adwin.get((arm, signal))
@@ -67,6 +73,7 @@ class Detectors:
             return
         values = {"log_length": (acc[1] - fed[1]) / n * LN_GAMMA, "refusal": (acc[2] - fed[2]) / n}
         self.state.fed[arm] = list(acc)
+        self.dumped = False
         for signal, v in values.items():
             det = self._det(arm, signal)
             det.update(v)  # type: ignore[no-untyped-call]

@@ -8,6 +8,7 @@ so the state does not depend on batching either.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -22,10 +23,10 @@ from gates.checks import evaluate_gates
 from gates.commands import Command
 from gates.decision import Decision, GateResult
 from gates.drift import MIN_SHIFT, Detectors, DriftState, canary_onset
-from gates.events import NEGATIVE_FEEDBACK, Event, FeedbackEvent, InferenceEvent
+from gates.events import Event, InferenceEvent
+from gates.pending import PendingBatch
 from gates.policy import PolicySet, RolloutPolicy
 from gates.sketch import LN_GAMMA
-from gates.sketch import keys_of as _keys_of
 from gates.stats import cs_z
 
 SHADOW = "shadow"
@@ -83,19 +84,15 @@ class RolloutStatus:
     events: dict[str, int]
 
 
-ARM_CODE = {"baseline": 0, "canary": 1, "shadow": 2}
 _TS = operator.attrgetter("ts")
 _RID = operator.attrgetter("rollout_id")
-_LATENCY = operator.attrgetter("latency_ms")
-_STATUS = operator.attrgetter("status")
-_REFUSAL = operator.attrgetter("refusal")
-_COST = operator.attrgetter("cost_usd")
-_ARM = operator.attrgetter("arm")
-_TOKENS = operator.attrgetter("output_tokens")
-_DIGEST = operator.attrgetter("model_digest")
-_REQUEST_TS = operator.attrgetter("request_ts")
-_VALUE = operator.attrgetter("value")
 ARM_NAMES = ("baseline", "canary", "shadow")
+BLOCK_SKETCH_ARMS = frozenset(ARM_NAMES) - {"baseline"}  # the baseline keeps window-wide sketches only
+# the arm codes whose first model digest is still wanted, by (baseline's unknown, canary's unknown):
+# the canary's digest is also the shadow arm's
+_UNKNOWN_DIGESTS: dict[tuple[bool, bool], tuple[int, ...]] = {
+    (False, False): (), (True, False): (0,), (False, True): (1, 2), (True, True): (0, 1, 2),
+}  # fmt: skip
 
 
 class Engine:
@@ -103,7 +100,7 @@ class Engine:
         self.policy_set = policy or PolicySet()
         self._states: dict[str, RolloutState] = {}
         self._policies: dict[str, RolloutPolicy] = {}
-        self._pending: dict[str, list[Event]] = {}
+        self._pending: dict[str, PendingBatch] = {}
         self._detectors: dict[str, Detectors] = {}
         self._dirty: set[str] = set()
         # the latest event time seen in any rollout: the worker's clock for idle rollouts
@@ -162,8 +159,12 @@ class Engine:
 
         With ``source``/``offset`` (one Kafka message), a rollout that already holds this offset
         for the source skips the events: they were counted before a restart."""
+        evs = events if type(events) is list else list(events)
+        ids = list(map(_RID, evs))
+        if ids and ids.count(ids[0]) == len(ids):  # the common case: a message holds one rollout's events
+            return self._ingest_rollout(ids[0], evs, source, offset)
         # a stable sort by rollout keeps each rollout's events in order, and runs in C
-        ordered = sorted(events, key=_RID)
+        ordered = sorted(evs, key=_RID)
         out: list[Decision] = []
         many = False
         for rid, group in itertools.groupby(ordered, key=_RID):
@@ -183,15 +184,11 @@ class Engine:
                          source, offset, out)  # fmt: skip
         if st is None:
             return out
-        pending = self._pending
         top = max(map(_TS, evs))
         if top > self.event_time:
             self.event_time = top
         if not st.terminal and top < st.next_eval:  # the common case: no tick crossed in this batch
-            pend = pending.get(rid)
-            if pend is None:
-                pend = pending[rid] = []
-            pend.extend(evs)
+            self._add_pending(st, evs)
             if top > st.watermark:
                 st.watermark = top
             return out
@@ -204,17 +201,14 @@ class Engine:
             if st.terminal:
                 st.ignored += n - i
                 break
-            j = i + int(np.searchsorted(runmax[i:], st.next_eval, side="left"))
-            pend = pending.get(rid)
-            if pend is None:
-                pend = pending[rid] = []  # _evaluate's flush takes the list away
+            j = i + int(runmax[i:].searchsorted(st.next_eval, side="left"))
             if j >= n:
-                pend.extend(evs[i:])
+                self._add_pending(st, evs[i:])
                 st.watermark = max(st.watermark, float(runmax[-1]))
                 break
             # The tick is judged on the events before the first one at or past it, at the tick's own
             # time: events may arrive in any order within a tick and give the same verdicts.
-            pend.extend(evs[i:j])
+            self._add_pending(st, evs[i:j])
             if j > i:
                 st.watermark = max(st.watermark, float(runmax[j - 1]))
             tick = math.floor(float(ts[j]) / self.policy(rid).eval_seconds) * self.policy(rid).eval_seconds
@@ -308,67 +302,41 @@ class Engine:
                          f"Rollout started at {weight:g}% canary traffic.", previous_weight=0.0, trigger="start")  # fmt: skip
         return st, d
 
+    def _add_pending(self, st: RolloutState, evs: list[Event]) -> None:
+        batch = self._pending.get(st.rollout_id)
+        if batch is None:
+            batch = self._pending[st.rollout_id] = PendingBatch()
+        p = self.policy(st.rollout_id)
+        wanted = _UNKNOWN_DIGESTS[(st.baseline_digest is None, st.canary_digest is None)]
+        batch.add(evs, functools.partial(_cost, p=p), p.gates.feedback.assumed_delay_seconds, wanted)
+
     def _flush(self, st: RolloutState) -> None:
-        evs = self._pending.pop(st.rollout_id, None)
-        if not evs:
+        batch = self._pending.pop(st.rollout_id, None)
+        if batch is None or not (batch.n_requests or batch.n_feedback):
             return
         w = st.window
-        p = self.policy(st.rollout_id)
         det = self._detectors.get(st.rollout_id)
         if det is None:
             det = self._detectors[st.rollout_id] = Detectors(st.drift)
-        inf: list[InferenceEvent] = [e for e in evs if type(e) is InferenceEvent]
-        if inf:
-            # columns through C-level attribute getters: cheaper than building a tuple per event
-            n_inf = len(inf)
-            ts_col = np.fromiter(map(_TS, inf), np.float64, n_inf)
-            lat_col = np.fromiter(map(_LATENCY, inf), np.float64, n_inf)
-            tok_col = np.fromiter(map(_TOKENS, inf), np.int64, n_inf)
-            err_col = (np.fromiter(map(_STATUS, inf), dtype="U5", count=n_inf) == "error").astype(np.int64)
-            ref_col = np.fromiter(map(_REFUSAL, inf), np.int64, n_inf)
-            cost = np.array(list(map(_COST, inf)), dtype=np.float64)  # None -> NaN: priced below
-            missing = np.flatnonzero(np.isnan(cost))
-            if missing.size:
-                cost[missing] = [_cost(inf[i], p) for i in missing.tolist()]
-            arms = np.fromiter(map(ARM_CODE.__getitem__, map(_ARM, inf)), np.int64, n_inf)
-            per_arm = np.bincount(arms, minlength=len(ARM_NAMES)).tolist()
-            for code, k in enumerate(per_arm):
+        if batch.n_requests:
+            arms, ts, latency, tokens, errors, refusals, cost = batch.requests()
+            totals = win.add_requests(w, ARM_NAMES, arms, ts, latency, tokens, errors, refusals, cost,
+                                      block_sketches=BLOCK_SKETCH_ARMS)  # fmt: skip
+            for code, (k, len_keys, n_refusals) in enumerate(totals):
                 if not k:
                     continue
                 arm = ARM_NAMES[code]
-                # a batch of one arm (a shadow stage) needs no selection
-                m = slice(None) if k == n_inf else arms == code
                 st.events[arm] = st.events.get(arm, 0) + k
-                tok, err, ref = tok_col[m], err_col[m], ref_col[m]
-                win.add_inference(
-                    w, arm, ts_col[m], lat_col[m], tok, np.maximum(err, ref), err, ref, cost[m],
-                    keep_block_sketches=arm != "baseline",
-                )  # fmt: skip
-                det.count(arm, k, int(np.maximum(sketch_keys(tok), win.LOG_KEY_FLOOR).sum()), int(ref.sum()))
-                if (st.baseline_digest if arm == "baseline" else st.canary_digest) is None:
-                    # the arm's first event with a digest, if any
-                    mine = inf if k == n_inf else itertools.compress(inf, (arms == code).tolist())
-                    digest = next(filter(None, map(_DIGEST, mine)), None)
-                    if arm == "baseline":
-                        st.baseline_digest = digest
-                    else:
-                        st.canary_digest = digest
-        if len(inf) < len(evs):
-            fbs: list[FeedbackEvent] = [e for e in evs if type(e) is FeedbackEvent]
-            n_fb = len(fbs)
-            st.events["feedback"] = st.events.get("feedback", 0) + n_fb
-            delay = p.gates.feedback.assumed_delay_seconds
-            # the request's time, or the feedback's time less the assumed delay (None -> NaN -> filled)
-            rts = np.array(list(map(_REQUEST_TS, fbs)), np.float64)
-            no_rts = np.isnan(rts)
-            if no_rts.any():
-                rts[no_rts] = np.fromiter(map(_TS, itertools.compress(fbs, no_rts.tolist())), np.float64) - delay
-            neg = np.fromiter(map(NEGATIVE_FEEDBACK.__contains__, map(_VALUE, fbs)), np.int64, n_fb)
-            fb_arms = np.fromiter(map(ARM_CODE.__getitem__, map(_ARM, fbs)), np.int64, n_fb)
-            for code, k in enumerate(np.bincount(fb_arms, minlength=len(ARM_NAMES)).tolist()):
-                if k:
-                    m = slice(None) if k == n_fb else fb_arms == code
-                    win.add_feedback(w, ARM_NAMES[code], rts[m], neg[m])
+                det.count(arm, k, len_keys, n_refusals)
+                # the arm's first event with a digest, if any
+                if arm == "baseline":
+                    if st.baseline_digest is None:
+                        st.baseline_digest = batch.digests.get(code)
+                elif st.canary_digest is None:
+                    st.canary_digest = batch.digests.get(code)
+        if batch.n_feedback:
+            st.events["feedback"] = st.events.get("feedback", 0) + batch.n_feedback
+            win.add_arms_feedback(w, ARM_NAMES, *batch.feedback())
 
     def _evaluate(self, st: RolloutState, now: float) -> Decision | None:
         p = self.policy(st.rollout_id)
@@ -549,10 +517,6 @@ def _samples(st: RolloutState) -> dict[str, int]:
     return {a: sum(b[a].n for b in st.window.blocks.values() if a in b) for a in ("baseline", arm)}
 
 
-def sketch_keys(tokens: np.ndarray) -> np.ndarray:
-    return _keys_of(tokens.astype(np.float64))
-
-
 def _cost(e: InferenceEvent, p: RolloutPolicy) -> float:
     if e.cost_usd is not None:
         return e.cost_usd
@@ -586,4 +550,3 @@ def _shift(w: win.Window, arm: str, signal: str, cut: float) -> float | None:
         return tot / n * scale
 
     return (mean(arm, True) - mean(arm, False)) - (mean("baseline", True) - mean("baseline", False))
-

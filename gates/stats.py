@@ -42,11 +42,19 @@ class RatioEstimate:
     blocks: int
 
 
+def _blocks_used(n: FloatArray, x: FloatArray | None = None) -> npt.NDArray[np.bool_] | None:
+    """The blocks with requests (or, given ``x``, with requests or a non-zero total), or None when
+    that is every block: the common case then needs no mask and no selection."""
+    if n.size and n.min() > 0:
+        return None
+    return n > 0 if x is None else (n > 0) | (x != 0)
+
+
 def arm_mean_var(x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool) -> tuple[float, float, int]:
     """Ratio estimator R = sum(x)/sum(n) over blocks and its variance (cluster-robust, floored
     by the i.i.d. per-request variance). Returns (R, var, blocks used)."""
-    used = (n > 0) | (x != 0)
-    b = int(used.sum())
+    used = _blocks_used(n, x)
+    b = n.size if used is None else int(used.sum())
     big_n = float(n.sum())
     if big_n <= 0:
         return math.nan, math.inf, b
@@ -54,7 +62,7 @@ def arm_mean_var(x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool) -
     per_req = r * (1.0 - r) if binary else max(sum_sq / big_n - r * r, 0.0)
     v_iid = per_req / big_n
     if b >= 2:
-        resid = x[used] - r * n[used]
+        resid = x - r * n if used is None else x[used] - r * n[used]
         v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
     else:
         v_cl = 0.0
@@ -141,16 +149,16 @@ def block_proportion(k: FloatArray, n: FloatArray, *, z: float, deff: float | No
         return Proportion(math.nan, 0.0, 1.0, 0)
     kk = float(k.sum())
     p = kk / big_n
-    used = n > 0
-    b = int(used.sum())
     if deff is not None:
         deff = max(1.0, deff)
-    elif b >= 2 and 0 < p < 1:
-        resid = k[used] - p * n[used]
-        v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
-        deff = max(1.0, v_cl / (p * (1 - p) / big_n))
     else:
         deff = 1.0
+        used = n > 0
+        b = int(used.sum())
+        if b >= 2 and 0 < p < 1:
+            resid = k[used] - p * n[used]
+            v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
+            deff = max(1.0, v_cl / (p * (1 - p) / big_n))
     n_eff = big_n / deff
     lo, hi = wilson(p * n_eff, n_eff, z)
     return Proportion(p, lo, hi, int(big_n))
@@ -158,13 +166,13 @@ def block_proportion(k: FloatArray, n: FloatArray, *, z: float, deff: float | No
 
 def design_effect(sum_k: FloatArray, n: FloatArray, total_sq: float) -> float:
     """How much block-level noise inflates the variance of a per-request mean (>= 1)."""
-    used = n > 0
-    b = int(used.sum())
+    used = _blocks_used(n)
+    b = n.size if used is None else int(used.sum())
     big_n = float(n.sum())
     if b < 2 or big_n <= 1:
         return 1.0
     m = float(sum_k.sum()) / big_n
     per_req = max(total_sq / big_n - m * m, 1e-12)
-    resid = sum_k[used] - m * n[used]
+    resid = sum_k - m * n if used is None else sum_k[used] - m * n[used]
     v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
     return max(1.0, v_cl / (per_req / big_n))

@@ -8,8 +8,9 @@ non-determinism that per-request variance misses.
 
 from __future__ import annotations
 
+import math
 import operator
-from collections.abc import Iterable
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -160,6 +161,113 @@ def add_inference(
     return late
 
 
+def _single_block(w: Window, ts: FloatArray) -> int | None:
+    """The block of every time in ``ts`` when they all fall in one block at or after the window's
+    start, else None. Block numbers grow with time, so the first and last times tell: each is
+    ``floor(ts / block_seconds)`` in the same float arithmetic as the per-event blocks."""
+    first, last = float(ts.min()) / w.block_seconds, float(ts.max()) / w.block_seconds
+    if not (math.isfinite(first) and math.isfinite(last)):
+        return None
+    block = math.floor(first)
+    return block if block == math.floor(last) and block >= w.start_block else None
+
+
+def add_requests(
+    w: Window,
+    arms: Sequence[str],
+    codes: IntArray,
+    ts: FloatArray,
+    latency_ms: FloatArray,
+    tokens: IntArray,
+    errors: IntArray,
+    refusals: IntArray,
+    cost: FloatArray,  # NaN where unknown
+    *,
+    block_sketches: Container[str],
+) -> list[tuple[int, int, int]]:
+    """Fold a batch of requests of several arms (``codes`` index ``arms``) into the window: what
+    ``add_inference`` on each arm's requests does, with ``block_sketches`` the arms that keep
+    per-block sketches. Returns per arm (requests, sum of floored log-length keys, refusals), late
+    requests included: what the drift detectors count."""
+    n, n_arms = int(ts.size), len(arms)
+    per_arm = np.bincount(codes, minlength=n_arms).tolist()
+    block = _single_block(w, ts) if n else None
+    if block is None:
+        return _add_requests_per_arm(w, arms, codes, per_arm, ts, latency_ms, tokens, errors, refusals, cost,
+                                     block_sketches=block_sketches)  # fmt: skip
+    # The common case: the engine flushes at every evaluation tick, which is shorter than a block,
+    # so the batch is one block and none of it is late. Every arm's sums come from one integer
+    # product and its key counts from one counting pass: int64 sums are exact (and wrap alike), so
+    # the totals are those of add_inference.
+    keys = sketch.keys_of(np.concatenate((latency_ms, tokens.astype(np.float64))))
+    floored = np.maximum(keys, LOG_KEY_FLOOR)
+    lk, nk = floored[:n], floored[n:]
+    has_cost = ~np.isnan(cost)
+    if has_cost.all():
+        cost_i = np.rint(cost / COST_UNIT).astype(np.int64)
+    else:
+        cost_i = np.zeros(n, np.int64)
+        cost_i[has_cost] = np.rint(cost[has_cost] / COST_UNIT).astype(np.int64)
+    micro = (cost_i + SQ_UNIT // 2) // SQ_UNIT
+    top = int(micro.max())
+    # the squares in int64 when no sum of them can overflow; _square_sum_micro per arm otherwise
+    squares_fit = int(micro.min()) >= 0 and top < 3_000_000_000 and n * top * top < 2**62
+    table = np.array((
+        np.maximum(errors, refusals), errors, refusals, tokens, tokens * tokens, lk, lk * lk, nk, nk * nk,
+        has_cost, cost_i, micro * micro if squares_fit else np.zeros_like(micro),
+    ))  # fmt: skip
+    one_hot = codes == np.arange(n_arms)[:, None]
+    sums = (one_hot @ table.T).tolist()
+    counts = sketch.key_counts_by_group(keys, np.concatenate((codes, codes + n_arms)), 2 * n_arms)
+    out = []
+    for code, (arm, k) in enumerate(zip(arms, per_arm, strict=True)):
+        if not k:
+            out.append((0, 0, 0))
+            continue
+        lat_counts, len_counts = counts[code], counts[n_arms + code]
+        sketch.add_counts(w.lat.setdefault(arm, {}), *lat_counts)
+        sketch.add_counts(w.len.setdefault(arm, {}), *len_counts)
+        ab = w.arm_block(block, arm)
+        bad, n_err, n_ref, tok, tok_sq, lat, lat_sq, ln, ln_sq, cost_n, cost_sum, cost_sq = sums[code]
+        ab.n += k
+        ab.bad += bad
+        ab.errors += n_err
+        ab.refusals += n_ref
+        ab.cost_n += cost_n
+        ab.cost += cost_sum
+        ab.cost_sq += cost_sq if squares_fit else _square_sum_micro(cost_i[has_cost & one_hot[code]])
+        ab.tok += tok
+        ab.tok_sq += tok_sq
+        ab.lat_k += lat
+        ab.lat_k_sq += lat_sq
+        ab.len_k += ln
+        ab.len_k_sq += ln_sq
+        if arm in block_sketches:
+            sketch.add_counts(_block_sketch(ab, "lat"), *lat_counts)
+            sketch.add_counts(_block_sketch(ab, "len"), *len_counts)
+        out.append((k, ln, n_ref))
+    return out
+
+
+def _add_requests_per_arm(
+    w: Window, arms: Sequence[str], codes: IntArray, per_arm: list[int], ts: FloatArray, latency_ms: FloatArray,
+    tokens: IntArray, errors: IntArray, refusals: IntArray, cost: FloatArray, *, block_sketches: Container[str],
+) -> list[tuple[int, int, int]]:
+    """add_requests through add_inference, one arm at a time (a batch across blocks, or late requests)."""
+    out = []
+    for code, (arm, k) in enumerate(zip(arms, per_arm, strict=True)):
+        if not k:
+            out.append((0, 0, 0))
+            continue
+        m = codes == code
+        tok, err, ref = tokens[m], errors[m], refusals[m]
+        add_inference(w, arm, ts[m], latency_ms[m], tok, np.maximum(err, ref), err, ref, cost[m],
+                      keep_block_sketches=arm in block_sketches)  # fmt: skip
+        len_k = int(np.maximum(sketch.keys_of(tok.astype(np.float64)), LOG_KEY_FLOOR).sum())
+        out.append((k, len_k, int(ref.sum())))
+    return out
+
+
 def _block_sketch(ab: ArmBlock, which: str) -> dict[int, int]:
     store: dict[int, int] | None = getattr(ab, which)
     if store is None:
@@ -193,19 +301,51 @@ def _add_block(
 
 
 def add_feedback(w: Window, arm: str, request_ts: FloatArray, negative: IntArray) -> None:
-    blocks = np.floor(request_ts / w.block_seconds).astype(np.int64)
-    keep = blocks >= w.start_block
-    w.late_feedback += int((~keep).sum())
-    blocks, negative = blocks[keep], negative[keep]
-    if blocks.size == 0:
+    add_arms_feedback(w, (arm,), np.zeros(request_ts.shape, np.int64), request_ts, negative)
+
+
+# the dense per-(arm, block) counting of a feedback batch holds at most this many cells; wider
+# (feedback about requests far apart in time) counts the distinct cells with a sort instead
+DENSE_FEEDBACK_CELLS = 4096
+
+
+def add_arms_feedback(w: Window, arms: Sequence[str], codes: IntArray, request_ts: FloatArray, negative: IntArray) -> None:
+    """Fold a batch of feedback on several arms (``codes`` index ``arms``) into the blocks of its requests."""
+    if request_ts.size == 0:
         return
-    uniq, inv = np.unique(blocks, return_inverse=True)
-    fb = np.bincount(inv)
-    neg = np.bincount(inv, weights=negative).astype(np.int64)
-    for j, blk in enumerate(uniq.tolist()):
-        ab = w.arm_block(blk, arm)
-        ab.fb += int(fb[j])
-        ab.neg_fb += int(neg[j])
+    first = _single_block(w, request_ts)
+    if first is not None:  # the common case: every request in one block, none late
+        _add_feedback_cells(w, arms, codes, negative, first, 1)
+        return
+    blocks = np.floor(request_ts / w.block_seconds).astype(np.int64)
+    first = int(blocks.min())
+    if first < w.start_block:
+        keep = blocks >= w.start_block
+        w.late_feedback += int(blocks.size - np.count_nonzero(keep))
+        blocks, codes, negative = blocks[keep], codes[keep], negative[keep]
+        if blocks.size == 0:
+            return
+        first = int(blocks.min())
+    span = int(blocks.max()) - first + 1
+    _add_feedback_cells(w, arms, codes * span + (blocks - first), negative, first, span)
+
+
+def _add_feedback_cells(
+    w: Window, arms: Sequence[str], cell: IntArray, negative: IntArray, first: int, span: int
+) -> None:
+    """Count feedback by cell (``arm code * span + block - first``) into the arm blocks."""
+    if span * len(arms) <= DENSE_FEEDBACK_CELLS:
+        fb = np.bincount(cell, minlength=span * len(arms))
+        cells = fb.nonzero()[0]
+        fb, neg = fb[cells], np.bincount(cell, weights=negative, minlength=span * len(arms))[cells]
+    else:
+        cells, inv = np.unique(cell, return_inverse=True)
+        fb, neg = np.bincount(inv), np.bincount(inv, weights=negative)
+    for c, n_fb, n_neg in zip(cells.tolist(), fb.tolist(), neg.astype(np.int64).tolist(), strict=True):
+        code, offset = divmod(c, span)
+        ab = w.arm_block(first + offset, arms[code])
+        ab.fb += n_fb
+        ab.neg_fb += n_neg
 
 
 def compact(w: Window, max_blocks: int) -> None:
@@ -244,12 +384,14 @@ def columns(w: Window, arm: str, fields: Iterable[str]) -> dict[str, Any]:
 
 
 def _sorted_dict(d: dict[int, int]) -> dict[int, int]:
-    """A copy of ``d`` in key order. Every snapshot canonicalises every sketch, and most are already
-    in order (untouched since the last snapshot): checking the keys is cheaper than sorting items."""
+    """``d`` in key order: ``d`` itself when it already is (every snapshot canonicalises every
+    sketch, and most are untouched since the last one: checking the keys is cheaper than sorting
+    the items), else a sorted copy."""
     keys = list(d)
-    if keys == sorted(keys):
-        return dict(d)
-    return dict(sorted(d.items()))
+    ordered = sorted(keys)
+    if keys == ordered:
+        return d
+    return {k: d[k] for k in ordered}
 
 
 def canonicalize(w: Window) -> None:

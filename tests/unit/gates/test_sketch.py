@@ -211,3 +211,35 @@ def test_cdf_distance_edge_cases() -> None:
     far = _store(x + 1e6)
     assert sketch.cdf_distance(s, far) == pytest.approx(1.0)
     assert sketch.cdf_distance(s, far) == pytest.approx(float(ks_2samp(x, x + 1e6).statistic))
+
+
+@pytest.mark.parametrize("kind", ["lognormal", "pareto", "tokens_with_zeros", "mostly_zeros"])
+@pytest.mark.parametrize("n_groups", [1, 2, 6])
+def test_key_counts_by_group_equals_key_counts_of_each_group(kind: str, n_groups: int) -> None:
+    keys = sketch.keys_of(_data(kind, 500, seed=n_groups))
+    groups = np.random.default_rng(7).integers(0, n_groups, keys.size)
+    got = sketch.key_counts_by_group(keys, groups, n_groups)
+    assert got == [sketch.key_counts(keys[groups == g]) for g in range(n_groups)]
+
+
+def test_key_counts_by_group_edge_cases() -> None:
+    zero = sketch.ZERO_KEY
+    empty = np.zeros(0, np.int64)
+    assert sketch.key_counts_by_group(empty, empty, 3) == [([], []), ([], []), ([], [])]
+    # only the zero bucket, and a group with nothing in it
+    keys, groups = np.array([zero, zero, zero]), np.array([0, 2, 0])
+    assert sketch.key_counts_by_group(keys, groups, 3) == [([zero], [2]), ([], []), ([zero], [1])]
+    # keys spread wider than the dense range: counted group by group instead
+    keys = np.array([-300, zero, 5, 10**6, 5, -300], np.int64)
+    groups = np.array([0, 0, 1, 1, 1, 0])
+    assert sketch.key_counts_by_group(keys, groups, 2) == [([zero, -300], [1, 2]), ([5, 10**6], [2, 1])]
+
+
+@pytest.mark.parametrize("kind", ["lognormal", "uniform", "pareto", "tokens_with_zeros"])
+def test_keys_of_is_the_same_with_and_without_zero_values(kind: str) -> None:
+    # a batch without values in the zero bucket takes a shorter path: it must give the same keys
+    x = _data(kind, 2000, seed=3)
+    positive = x[x > sketch.MIN_POSITIVE]
+    with_zero = np.concatenate(([0.0], positive))
+    assert sketch.keys_of(positive).tolist() == sketch.keys_of(with_zero)[1:].tolist()
+    assert sketch.keys_of(positive[::3]).tolist() == sketch.keys_of(positive)[::3].tolist()  # strided input

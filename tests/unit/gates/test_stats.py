@@ -237,3 +237,25 @@ def test_confidence_sequence_keeps_alpha_over_all_looks_where_a_fixed_z_does_not
     # a 95% interval re-checked at 98 looks crosses far more often than 5% of the time
     assert fixed_rate > 2 * alpha, fixed_rate
     assert fixed_rate > cs_rate + 0.1
+
+
+def _arm_mean_var_masked(x: np.ndarray, n: np.ndarray, sum_sq: float) -> tuple[float, float, int]:
+    """arm_mean_var written with the selection of used blocks always applied."""
+    used = (n > 0) | (x != 0)
+    b, big_n = int(used.sum()), float(n.sum())
+    r = float(x.sum()) / big_n
+    v_iid = max(sum_sq / big_n - r * r, 0.0) / big_n
+    resid = x[used] - r * n[used]
+    return r, max(b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n), v_iid), b
+
+
+@pytest.mark.parametrize("empty_blocks", [0, 1, 3])
+def test_blocks_without_requests_are_left_out_of_the_block_variance(empty_blocks: int) -> None:
+    rng = np.random.default_rng(5)
+    x, n, sq, _ = _arm(rng, 12, 2.0, block_noise=0.3)
+    x, n = np.concatenate([x, np.zeros(empty_blocks)]), np.concatenate([n, np.zeros(empty_blocks)])
+    assert arm_mean_var(x, n, sq, binary=False) == _arm_mean_var_masked(x, n, sq)  # bit for bit
+    assert arm_mean_var(x, n, sq, binary=False)[2] == 12
+    assert design_effect(x, n, sq) == pytest.approx(design_effect(x[:12], n[:12], sq), rel=1e-12)
+    # a block with a total but no requests still counts as used
+    assert arm_mean_var(np.append(x, 1.0), np.append(n, 0.0), sq, binary=False)[2] == 13

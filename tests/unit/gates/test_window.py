@@ -248,3 +248,87 @@ def test_cost_sum_of_squares_is_exact_for_expensive_requests(price: float, count
     unit = getattr(win, "SQ_UNIT", 1)  # squares may be kept in a coarser unit
     assert ab.cost_sq * unit * unit == pytest.approx(count * nano * nano, rel=1e-9)
     assert -(2**63) <= ab.cost_sq < 2**64  # what msgpack can encode
+
+
+ARM_NAMES = ("baseline", "canary", "shadow")
+
+
+def _requests(seed: int, n: int, start: float, span: float) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    cost = rng.lognormal(-7, 1.0, n)
+    cost[rng.uniform(size=n) < 0.1] = np.nan
+    tok = np.rint(rng.lognormal(5.5, 0.8, n)).astype(np.int64)
+    tok[rng.uniform(size=n) < 0.03] = 0
+    return {
+        "codes": rng.integers(0, 3, n), "ts": np.sort(start + rng.uniform(0, span, n)),
+        "lat": rng.lognormal(6.5, 0.6, n), "tok": tok, "err": (rng.uniform(size=n) < 0.05).astype(np.int64),
+        "ref": (rng.uniform(size=n) < 0.05).astype(np.int64), "cost": cost,
+    }  # fmt: skip
+
+
+def _per_arm(w: win.Window, r: dict[str, np.ndarray]) -> list[tuple[int, int, int]]:
+    """What add_requests does, through add_inference one arm at a time."""
+    out = []
+    for code, arm in enumerate(ARM_NAMES):
+        m = r["codes"] == code
+        if not m.any():
+            out.append((0, 0, 0))
+            continue
+        win.add_inference(w, arm, r["ts"][m], r["lat"][m], r["tok"][m], np.maximum(r["err"][m], r["ref"][m]),
+                          r["err"][m], r["ref"][m], r["cost"][m], keep_block_sketches=arm != "baseline")  # fmt: skip
+        len_k = int(np.maximum(sketch.keys_of(r["tok"][m].astype(np.float64)), win.LOG_KEY_FLOOR).sum())
+        out.append((int(m.sum()), len_k, int(r["ref"][m].sum())))
+    return out
+
+
+@pytest.mark.parametrize(
+    "start,span,n",
+    [
+        (START + 1, 8.0, 300),  # one block
+        (START + 1, 45.0, 300),  # several blocks
+        (START - 15, 30.0, 300),  # some late
+        (START - 30, 10.0, 50),  # all late
+        (START + 1, 8.0, 1),
+    ],
+)
+def test_add_requests_equals_add_inference_on_each_arm(start: float, span: float, n: int) -> None:
+    r = _requests(int(span) + n, n, start, span)
+    w, ref_w = win.Window(start=START, block_seconds=BLOCK), win.Window(start=START, block_seconds=BLOCK)
+    totals = win.add_requests(w, ARM_NAMES, r["codes"], r["ts"], r["lat"], r["tok"], r["err"], r["ref"], r["cost"],
+                              block_sketches={"canary", "shadow"})  # fmt: skip
+    assert totals == _per_arm(ref_w, r)
+    assert w == ref_w
+    win.canonicalize(w)
+    win.canonicalize(ref_w)
+    assert msgspec.msgpack.encode(w) == msgspec.msgpack.encode(ref_w)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")  # 2e10 USD: beyond int64 nano-dollars
+@pytest.mark.parametrize("price", [0.002, 5.0, 5e4, 2e10])
+def test_add_requests_squares_of_large_costs_match_add_inference(price: float) -> None:
+    r = _requests(1, 200, START + 1, 8.0)
+    r["cost"] = np.full(200, price)
+    w, ref_w = win.Window(start=START, block_seconds=BLOCK), win.Window(start=START, block_seconds=BLOCK)
+    win.add_requests(w, ARM_NAMES, r["codes"], r["ts"], r["lat"], r["tok"], r["err"], r["ref"], r["cost"],
+                     block_sketches={"canary", "shadow"})  # fmt: skip
+    _per_arm(ref_w, r)
+    assert w == ref_w
+
+
+@pytest.mark.parametrize("start,span", [(START + 1, 8.0), (START + 1, 45.0), (START - 15, 30.0), (START, 1e6)])
+def test_add_arms_feedback_equals_add_feedback_on_each_arm(start: float, span: float) -> None:
+    rng = np.random.default_rng(3)
+    n = 400
+    codes, req_ts = rng.integers(0, 3, n), start + rng.uniform(0, span, n)
+    neg = (rng.uniform(size=n) < 0.3).astype(np.int64)
+    w, ref_w = win.Window(start=START, block_seconds=BLOCK), win.Window(start=START, block_seconds=BLOCK)
+    win.add_arms_feedback(w, ARM_NAMES, codes, req_ts, neg)
+    for code, arm in enumerate(ARM_NAMES):
+        m = codes == code
+        blocks = np.floor(req_ts[m] / BLOCK).astype(np.int64)
+        ref_w.late_feedback += int((blocks < ref_w.start_block).sum())
+        for b in np.unique(blocks[blocks >= ref_w.start_block]).tolist():
+            ab = ref_w.arm_block(b, arm)
+            ab.fb += int((blocks == b).sum())
+            ab.neg_fb += int(neg[m][blocks == b].sum())
+    assert w == ref_w
