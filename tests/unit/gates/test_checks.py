@@ -3,6 +3,8 @@ least as often and passes at most as often), and the verdicts read off their own
 
 from __future__ import annotations
 
+import copy
+import math
 from typing import Any
 
 import msgspec
@@ -11,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gates import sketch
 from gates import window as win
-from gates.checks import evaluate_gates
+from gates.checks import BlockSketches, evaluate_gates
 from gates.engine import Engine, RolloutState
 from gates.policy import RolloutPolicy
 from gates.sim import Injection
@@ -108,6 +111,74 @@ def test_an_empty_tested_arm_is_insufficient_on_every_gate() -> None:
     gates = evaluate_gates(w, "canary", RolloutPolicy.model_validate(SMALL), 3.0, 2.0, feedback=True)
     assert all(g.status == "insufficient" for g in gates)
     assert all(g.samples["canary"] == 0 and g.samples["baseline"] > 0 for g in gates)
+
+
+# ---- per-block sketch arrays kept between evaluations ----------------------------------------
+
+
+def _fresh_arrays(w: win.Window, metric: str) -> tuple[list[list[int]], list[list[int]]]:
+    rows = [w.blocks[b].get("canary", win.ArmBlock()) for b in sorted(w.blocks)]
+    stores = [getattr(r, metric) or {} for r in rows]
+    return [list(s) for s in stores if s], [list(s.values()) for s in stores if s]
+
+
+def _cached_arrays(cache: BlockSketches, w: win.Window, metric: str) -> tuple[list[list[int]], list[list[int]]]:
+    order = sorted(w.blocks)
+    rows = [w.blocks[b].get("canary", win.ArmBlock()) for b in order]
+    keys, counts, sizes = cache.arrays(metric, order, rows)
+    ends = np.cumsum(sizes).tolist()
+    begins = [e - n for e, n in zip(ends, sizes, strict=True)]
+    return ([keys[b:e].tolist() for b, e, n in zip(begins, ends, sizes, strict=True) if n],
+            [counts[b:e].tolist() for b, e, n in zip(begins, ends, sizes, strict=True) if n])  # fmt: skip
+
+
+def _add_canary(w: win.Window, ts: float, latency_ms: float, tokens: int, n: int = 3) -> None:
+    z = np.zeros(n, np.int64)
+    win.add_inference(w, "canary", np.full(n, ts), np.full(n, latency_ms), np.full(n, tokens, np.int64), z, z, z,
+                      np.full(n, 1e-3), keep_block_sketches=True)  # fmt: skip
+
+
+def test_kept_block_sketch_arrays_follow_every_change_of_the_window() -> None:
+    w = _window(43, Injection(latency_tail=1.3), 120, 50.0)
+    cache = BlockSketches()
+    for metric in ("lat", "len"):
+        assert _cached_arrays(cache, w, metric) == _fresh_arrays(w, metric)
+    closed = w.blocks[math.floor((T0 + 15.0) / w.block_seconds)]["canary"]
+    last = max(w.blocks)
+    changes = [
+        # requests into a closed block, with keys it has (no new key: same sizes) and with new keys
+        lambda: _add_canary(w, T0 + 15.0, sketch.value_of(next(iter(closed.lat or {}))),
+                            round(sketch.value_of(next(iter(closed.len or {}))))),
+        lambda: _add_canary(w, T0 + 15.0, 123_456.0, 77_777),
+        lambda: _add_canary(w, last * w.block_seconds + 1.0, 5.0, 3),  # into the newest block
+        lambda: win.compact(w, 4),  # merges the oldest blocks into one
+        lambda: win.canonicalize(w),  # key-ordered copies of the sketches
+    ]
+    for change in changes:
+        change()
+        for metric in ("lat", "len"):
+            assert _cached_arrays(cache, w, metric) == _fresh_arrays(w, metric)
+    # another window (a restored or new step's) reuses nothing stale, even with equal block numbers
+    other = _window(44, Injection(), 120, 50.0)
+    for metric in ("lat", "len"):
+        assert _cached_arrays(cache, other, metric) == _fresh_arrays(other, metric)
+
+
+def test_evaluations_with_kept_block_sketches_equal_fresh_ones_as_the_window_grows() -> None:
+    p = RolloutPolicy.model_validate(SMALL)
+    full = _window(45, Injection(latency_tail=1.5, length_mean=1.2), 150, 50.0)
+    cache = BlockSketches()
+    w = win.Window(start=full.start, block_seconds=full.block_seconds)
+    for blk in sorted(full.blocks):
+        w.blocks[blk] = copy.deepcopy(full.blocks[blk])
+        w.lat, w.len = full.lat, full.len
+        z = (cs_z(len(w.blocks), 0.1, 8.0), cs_z(len(w.blocks), 0.4, 8.0))
+        kept = evaluate_gates(w, "canary", p, *z, feedback=True, block_sketches=cache)
+        assert kept == evaluate_gates(w, "canary", p, *z, feedback=True)
+        # a change inside the newest block after it was read: the next evaluation sees it
+        _add_canary(w, blk * w.block_seconds + 0.5, 50_000.0, 4_000, n=40)
+        kept = evaluate_gates(w, "canary", p, *z, feedback=True, block_sketches=cache)
+        assert kept == evaluate_gates(w, "canary", p, *z, feedback=True)
 
 
 # ---- regression: a bug found while writing these tests (fixed in ae21e64) -----------------------
