@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from tests.integration.helpers import (
     of,
     wait_for,
 )
-from tests.integration.kafka_io import produce, read_until, topic_config
+from tests.integration.kafka_io import end_offsets, produce, read_until, topic_config
 from tests.integration.streams import BASELINE, CANARY, generate, messages, recent_start
 from tests.integration.workerproc import Worker
 
@@ -155,6 +156,14 @@ def test_worker_stopped_mid_rollout_resumes_without_counting_twice(worker: Worke
     run(produce(kafka_bootstrap, topics.events, [(b"chat-v9", v) for v in values[:cut]]))
     first = run(read_until(kafka_bootstrap, topics.decisions, lambda m: len(m) >= 3, timeout=60))
     assert len(first) >= 3
+    # The snapshot goes to the changelog after the batch's decisions, through Faust's buffered
+    # producer: a kill right after the decisions can come before it (the restart then rebuilds the
+    # rollout from the start, also correct). Wait for one, so that the restart restores it.
+    changelog = f"{topics.app_id}-rollout-state-changelog"
+    deadline = time.monotonic() + 30
+    while sum(run(end_offsets(kafka_bootstrap, changelog)).values()) == 0:
+        assert time.monotonic() < deadline, "no snapshot in the changelog within 30 s"
+        time.sleep(0.1)
     if how == "SIGKILL":
         worker.kill()  # mid-rollout: no shutdown, no final commit
         assert worker.proc is not None and worker.proc.returncode == -9
