@@ -47,6 +47,25 @@ class ArmBlock(msgspec.Struct):
     lat: dict[int, int] | None = None  # per-block sketches, kept for the tested arm only
     len: dict[int, int] | None = None
 
+    def add_requests(
+        self, n: int, bad: int, errors: int, refusals: int, cost_n: int, cost: int, cost_sq: int, tok: int,
+        tok_sq: int, lat_k: int, lat_k_sq: int, len_k: int, len_k_sq: int,
+    ) -> None:
+        """Add the totals of ``n`` requests folded into this block (every field but the feedback's)."""
+        self.n += n
+        self.bad += bad
+        self.errors += errors
+        self.refusals += refusals
+        self.cost_n += cost_n
+        self.cost += cost
+        self.cost_sq += cost_sq
+        self.tok += tok
+        self.tok_sq += tok_sq
+        self.lat_k += lat_k
+        self.lat_k_sq += lat_k_sq
+        self.len_k += len_k
+        self.len_k_sq += len_k_sq
+
     def merge(self, other: ArmBlock) -> None:
         for f in SCALARS:
             setattr(self, f, getattr(self, f) + getattr(other, f))
@@ -229,19 +248,9 @@ def add_requests(
         sketch.add_counts(w.len.setdefault(arm, {}), *len_counts)
         ab = w.arm_block(block, arm)
         bad, n_err, n_ref, tok, tok_sq, lat, lat_sq, ln, ln_sq, cost_n, cost_sum, cost_sq = sums[code]
-        ab.n += k
-        ab.bad += bad
-        ab.errors += n_err
-        ab.refusals += n_ref
-        ab.cost_n += cost_n
-        ab.cost += cost_sum
-        ab.cost_sq += cost_sq if squares_fit else _square_sum_micro(cost_i[has_cost & one_hot[code]])
-        ab.tok += tok
-        ab.tok_sq += tok_sq
-        ab.lat_k += lat
-        ab.lat_k_sq += lat_sq
-        ab.len_k += ln
-        ab.len_k_sq += ln_sq
+        if not squares_fit:
+            cost_sq = _square_sum_micro(cost_i[has_cost & one_hot[code]])
+        ab.add_requests(k, bad, n_err, n_ref, cost_n, cost_sum, cost_sq, tok, tok_sq, lat, lat_sq, ln, ln_sq)
         if arm in block_sketches:
             sketch.add_counts(_block_sketch(ab, "lat"), *lat_counts)
             sketch.add_counts(_block_sketch(ab, "len"), *len_counts)
@@ -285,19 +294,8 @@ def _add_block(
     # exact (and wrap alike), so the totals are the same
     sums = np.stack((bad, errors, refusals, tokens, tokens * tokens, lat_k, lat_k * lat_k, len_k, len_k * len_k))
     n_bad, n_err, n_ref, tok, tok_sq, lat, lat_sq, ln, ln_sq = sums.sum(axis=1).tolist()
-    ab.n += int(tokens.size)
-    ab.bad += n_bad
-    ab.errors += n_err
-    ab.refusals += n_ref
-    ab.cost_n += int(cost.size)
-    ab.cost += _isum(cost)
-    ab.cost_sq += _square_sum_micro(cost)
-    ab.tok += tok
-    ab.tok_sq += tok_sq
-    ab.lat_k += lat
-    ab.lat_k_sq += lat_sq
-    ab.len_k += ln
-    ab.len_k_sq += ln_sq
+    ab.add_requests(int(tokens.size), n_bad, n_err, n_ref, int(cost.size), _isum(cost), _square_sum_micro(cost), tok,
+                    tok_sq, lat, lat_sq, ln, ln_sq)  # fmt: skip
 
 
 def add_feedback(w: Window, arm: str, request_ts: FloatArray, negative: IntArray) -> None:
