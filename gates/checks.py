@@ -13,15 +13,15 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from gates import sketch
 from gates.decision import GateResult
 from gates.policy import RolloutPolicy
-from gates.stats import RatioEstimate, block_proportion, design_effect, ratio_of_means_at
-from gates.window import SQ_UNIT, ArmBlock, IntArray, Window, columns
+from gates.stats import RatioEstimate, Totals, block_proportion, design_effect, ratio_of_means_at
+from gates.window import SQ_UNIT, ArmBlock, IntArray, Window, columns, dense
 
 FIELDS = (
     "n", "bad", "cost_n", "cost", "cost_sq", "tok", "tok_sq",
@@ -135,27 +135,36 @@ class Ctx:
         # integer counts summed in float64: exact (far below 2**53)
         return np.bincount(rows[above], weights=counts[above], minlength=n_rows)
 
-    def quantile(self, store: dict[int, int], q: float) -> float | None:
-        """``sketch.quantile`` on the sorted arrays this evaluation already holds."""
+    def quantiles(self, store: dict[int, int], qs: Sequence[float]) -> Sequence[float | None]:
+        """``sketch.quantile`` at each of ``qs``, on the sorted arrays this evaluation already holds,
+        in one search."""
         keys, cum = self.sorted_sketch(store)
         n = int(cum[-1]) if keys.size else 0
         if n == 0:
-            return None
-        return sketch.value_at_cum_rank(keys, cum, q * (n - 1))
+            return [None for _ in qs]
+        return sketch.values_at_cum_ranks(keys, cum, [q * (n - 1) for q in qs])
 
     @property
     def n_test(self) -> int:
-        got = self.memo.get(("n", "test"))
-        if got is None:
-            got = self.memo[("n", "test")] = int(self.cols_t["n"].sum())
-        return int(got)
+        return int(self.cols_t["_sums"]["n"])
 
     @property
     def n_base(self) -> int:
-        got = self.memo.get(("n", "base"))
+        return int(self.cols_b["_sums"]["n"])
+
+    def total(self, side: str, field: str) -> float:
+        """The sum of a column over the blocks (side: "t" tested, "b" baseline)."""
+        return float((self.cols_t if side == "t" else self.cols_b)["_sums"][field])
+
+    def totals(self, x_field: str, n_field: str = "n") -> tuple[Totals, Totals]:
+        """The (tested, baseline) Totals of a ratio of two columns, for the stats estimators."""
+        got = self.memo.get(("totals", x_field, n_field))
         if got is None:
-            got = self.memo[("n", "base")] = int(self.cols_b["n"].sum())
-        return int(got)
+            got = self.memo[("totals", x_field, n_field)] = tuple(
+                Totals(cols["_sums"][x_field], cols["_sums"][n_field], dense(cols, n_field))
+                for cols in (self.cols_t, self.cols_b)
+            )
+        return got
 
     def design_effect(self, side: str, k_field: str) -> float:
         """``stats.design_effect`` of an arm's log-key means (side: "t" tested, "b" baseline)."""
@@ -163,8 +172,9 @@ class Ctx:
         if got is None:
             cols = self.cols_t if side == "t" else self.cols_b
             got = self.memo[("deff", side, k_field)] = design_effect(
-                cols[k_field], cols["n"], float(cols[k_field + "_sq"].sum())
-            )
+                cols[k_field], cols["n"], cols["_sums"][k_field + "_sq"],
+                totals=self.totals(k_field)[0 if side == "t" else 1],
+            )  # fmt: skip
         return float(got)
 
     def samples(self, test: int | None = None, base: int | None = None) -> dict[str, int]:
@@ -184,7 +194,7 @@ def make_ctx(
 def _r(x: float | None, nd: int = 4) -> float | None:
     if x is None or not math.isfinite(x):
         return None
-    return float(f"{x:.{nd}g}")
+    return float("%.*g" % (nd, x))  # noqa: UP031 - the same digits as f"{x:.{nd}g}", formatted faster
 
 
 def _fmt_n(c: Ctx, samples: dict[str, int]) -> str:
@@ -250,11 +260,11 @@ def _ratio_verdict(
 def cost_gate(c: Ctx) -> GateResult:
     g = c.p.gates.cost
     t, b = c.cols_t, c.cols_b
-    samples = c.samples(int(t["cost_n"].sum()), int(b["cost_n"].sum()))
+    samples = c.samples(int(c.total("t", "cost_n")), int(c.total("b", "cost_n")))
     # cost is summed in nano-dollars, its squares in micro-dollars: bring the squares to nano units
     sq = float(SQ_UNIT * SQ_UNIT)
-    args = (t["cost"], t["cost_n"], float(t["cost_sq"].sum()) * sq, b["cost"], b["cost_n"], float(b["cost_sq"].sum()) * sq)
-    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote))
+    args = (t["cost"], t["cost_n"], c.total("t", "cost_sq") * sq, b["cost"], b["cost_n"], c.total("b", "cost_sq") * sq)
+    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), totals=c.totals("cost", "cost_n"))
     res = _ratio_verdict(c, "cost", "cost per request", est_h, est_p, g.max_ratio, samples)
     if est_h is not None:
         unit = 1e-9
@@ -270,7 +280,8 @@ def error_gate(c: Ctx) -> GateResult:
     g = c.p.gates.errors
     t, b = c.cols_t, c.cols_b
     args = (t["bad"], t["n"], 0.0, b["bad"], b["n"], 0.0)
-    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True)
+    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True,
+                                     totals=c.totals("bad"))  # fmt: skip
     return _ratio_verdict(c, "errors", "error+refusal rate", est_h, est_p, g.max_ratio, c.samples())
 
 
@@ -278,15 +289,15 @@ def feedback_gate(c: Ctx) -> GateResult:
     g = c.p.gates.feedback
     t, b = c.cols_t, c.cols_b
     args = (t["neg_fb"], t["n"], 0.0, b["neg_fb"], b["n"], 0.0)
-    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True)
-    details = {"negative_feedback": {c.arm: int(t["neg_fb"].sum()), "baseline": int(b["neg_fb"].sum())}}
+    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True,
+                                     totals=c.totals("neg_fb"))  # fmt: skip
+    details = {"negative_feedback": {c.arm: int(c.total("t", "neg_fb")), "baseline": int(c.total("b", "neg_fb"))}}
     return _ratio_verdict(
         c, "feedback", "negative-feedback rate", est_h, est_p, g.max_ratio, c.samples(), details=details
     )
 
 
-@dataclass(frozen=True)
-class _Tail:
+class _Tail(NamedTuple):
     """Is the tested arm's q-quantile above ``ratio`` x the baseline's? Tested as: is the share
     of tested requests above ratio x (baseline q-quantile) more than 1-q? The baseline quantile's
     own uncertainty (order-statistic bounds, widened by its design effect) is taken against us."""
@@ -299,21 +310,29 @@ class _Tail:
     upper: float | None
 
 
-def _quantile_bounds(c: Ctx, store: dict[int, int], q: float, z: float, deff: float) -> tuple[float, float, float] | None:
+def _quantile_bounds(
+    c: Ctx, store: dict[int, int], q: float, zs: tuple[float, ...], deff: float
+) -> list[tuple[float, float, float] | None]:
+    """Per z of ``zs``: the q-quantile and its order-statistic bounds (lower, upper), widened by
+    ``deff``; all ranks looked up in one search."""
     keys, cum = c.sorted_sketch(store)
     if keys.size == 0:
-        return None
+        return [None for _ in zs]
     n = int(cum[-1])
-    half = z * math.sqrt(n * q * (1 - q) * deff)
-    # the ranks of the quantile and of its two bounds, looked up in one search
-    ranks = [min(max(rank, 0.0), n - 1.0) for rank in (q * (n - 1), q * (n - 1) - half, q * (n - 1) + half)]
-    last = keys.size - 1
-    mid, lo, hi = (sketch.value_of(int(keys[min(i, last)])) for i in cum.searchsorted(ranks, side="right").tolist())
-    if q * (n - 1) + half > n - 1:
-        hi = math.inf  # too few samples to bound the quantile from above
-    if q * (n - 1) - half < 0:
-        lo = 0.0
-    return mid, lo, hi
+    at = q * (n - 1)
+    halves = [z * math.sqrt(n * q * (1 - q) * deff) for z in zs]
+    ranks = [min(max(rank, 0.0), n - 1.0) for half in halves for rank in (at, at - half, at + half)]
+    found = cum.searchsorted(ranks, side="right")
+    values = list(map(sketch.value_of, keys.take(np.minimum(found, keys.size - 1)).tolist()))
+    out: list[tuple[float, float, float] | None] = []
+    for j, half in enumerate(halves):
+        mid, lo, hi = values[3 * j : 3 * j + 3]
+        if at + half > n - 1:
+            hi = math.inf  # too few samples to bound the quantile from above
+        if at - half < 0:
+            lo = 0.0
+        out.append((mid, lo, hi))
+    return out
 
 
 def _tail_inputs(c: Ctx, metric: str, q: float) -> tuple[float, Any, Any, Any, Any]:
@@ -326,12 +345,9 @@ def _tail_inputs(c: Ctx, metric: str, q: float) -> tuple[float, Any, Any, Any, A
         k_field = "lat_k" if metric == "lat" else "len_k"
         deff_b = c.design_effect("b", k_field)
         deff_t = c.design_effect("t", k_field)
+        zs = (c.z_halt, c.z_promote)
         got = c.memo[("tail", metric, q)] = (
-            deff_t,
-            _quantile_bounds(c, b_store, q, c.z_halt, deff_b),
-            _quantile_bounds(c, b_store, q, c.z_promote, deff_b),
-            _quantile_bounds(c, t_store, q, c.z_halt, deff_t),
-            _quantile_bounds(c, t_store, q, c.z_promote, deff_t),
+            deff_t, *_quantile_bounds(c, b_store, q, zs, deff_b), *_quantile_bounds(c, t_store, q, zs, deff_t)
         )
     return got
 
@@ -351,7 +367,7 @@ def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool
         k = c.block_counts_above(metric, threshold)
         # the design effect comes from the arm's log-quantity means, not from these counts: it must not
         # change with the threshold, or a looser limit could pass less often than a stricter one
-        pr = block_proportion(k, n_blocks, z=z, deff=deff_t)
+        pr = block_proportion(k, n_blocks, z=z, deff=deff_t, n_total=c.total("t", "n"))
         return pr.p, pr.lower, pr.upper
 
     ratio = qt[0] / qb_h[0]
@@ -381,9 +397,9 @@ def latency_gate(c: Ctx) -> GateResult:
     tail = _tail_check(c, "lat", g.quantile, g.max_ratio)
     qname = f"P{g.quantile * 100:g}"
     details: dict[str, Any] = {}
-    for q in (0.5, 0.95):
-        vt = c.quantile(c.w.lat.get(c.arm, {}), q)
-        vb = c.quantile(c.w.lat.get("baseline", {}), q)
+    qs = (0.5, 0.95)
+    for q, vt, vb in zip(qs, c.quantiles(c.w.lat.get(c.arm, {}), qs), c.quantiles(c.w.lat.get("baseline", {}), qs),
+                         strict=True):  # fmt: skip
         details[f"p{q * 100:g}"] = {
             c.arm: _r(vt), "baseline": _r(vb), "ratio": _r(vt / vb) if vt is not None and vb else None
         }
@@ -405,8 +421,8 @@ def length_gate(c: Ctx) -> GateResult:
     g = c.p.gates.output_length
     t, b = c.cols_t, c.cols_b
     samples = c.samples()
-    args = (t["tok"], t["n"], float(t["tok_sq"].sum()), b["tok"], b["n"], float(b["tok_sq"].sum()))
-    mean_h, mean_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote))
+    args = (t["tok"], t["n"], c.total("t", "tok_sq"), b["tok"], b["n"], c.total("b", "tok_sq"))
+    mean_h, mean_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), totals=c.totals("tok"))
     mean = _ratio_verdict(
         c, "output_length", "mean output length", mean_h, mean_p, g.mean_ratio, samples, two_sided=True,
     )  # fmt: skip
@@ -423,7 +439,7 @@ def length_gate(c: Ctx) -> GateResult:
     nt, nb = (int(cum_a[-1]) if ka.size else 0), (int(cum_b[-1]) if kb.size else 0)  # sketch.total
     d = 0.0
     if nt and nb:
-        shift = -_log_key_shift(t, b)
+        shift = -_log_key_shift(t["_sums"], b["_sums"])
         ks = sketch.shifted_keys(ka, shift)
         # the sorted-array form of cdf_distance(shifted(ta), ba); the dict form where a shift would
         # reorder or merge keys (a shift of about a million buckets: never in practice)
@@ -483,11 +499,12 @@ def length_gate(c: Ctx) -> GateResult:
     )  # fmt: skip
 
 
-def _log_key_shift(t: dict[str, Any], b: dict[str, Any]) -> int:
+def _log_key_shift(t: dict[str, float], b: dict[str, float]) -> int:
     """The ratio of the arms' mean lengths, in sketch buckets: aligning on it leaves a pure change of
-    scale with no shape difference, while a change of shape at an equal mean keeps all of its."""
-    nt, nb = float(t["n"].sum()), float(b["n"].sum())
-    st, sb = float(t["tok"].sum()), float(b["tok"].sum())
+    scale with no shape difference, while a change of shape at an equal mean keeps all of its.
+    ``t``, ``b``: the arms' column totals."""
+    nt, nb = float(t["n"]), float(b["n"])
+    st, sb = float(t["tok"]), float(b["tok"])
     if nt <= 0 or nb <= 0 or st <= 0 or sb <= 0:
         return 0
     return round(math.log((st / nt) / (sb / nb)) / sketch.LN_GAMMA)

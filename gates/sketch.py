@@ -147,6 +147,13 @@ def value_at_cum_rank(keys: IntArray, cum: IntArray, rank: float) -> float:
     return value_of(int(keys[min(i, len(keys) - 1)]))
 
 
+def values_at_cum_ranks(keys: IntArray, cum: IntArray, ranks: list[float]) -> list[float]:
+    """value_at_cum_rank at each of ``ranks``, in one search."""
+    top = float(cum[-1] - 1)
+    found = cum.searchsorted([min(max(rank, 0.0), top) for rank in ranks], side="right")
+    return list(map(value_of, keys.take(np.minimum(found, len(keys) - 1)).tolist()))
+
+
 def quantiles(store: dict[int, int], qs: list[float]) -> list[float | None]:
     keys, counts = _sorted(store)
     n = int(counts.sum())

@@ -14,7 +14,7 @@ Two ideas carry the gates:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -31,8 +31,7 @@ def cs_z(units: float, alpha: float, rho: float) -> float:
     return math.sqrt((t + rho) / t * math.log((t + rho) / (rho * alpha * alpha)))
 
 
-@dataclass(frozen=True)
-class RatioEstimate:
+class RatioEstimate(NamedTuple):  # a tuple: several are built at every evaluation
     ratio: float
     lower: float
     upper: float
@@ -42,23 +41,38 @@ class RatioEstimate:
     blocks: int
 
 
-def _blocks_used(n: FloatArray, x: FloatArray | None = None) -> npt.NDArray[np.bool_] | None:
+class Totals(NamedTuple):
+    """An arm's per-block column totals, taken once per evaluation and shared by every estimator
+    that reads those columns (the sums of integer counts are exact, so they equal what each
+    estimator would sum itself)."""
+
+    x: float  # sum of the column
+    n: float  # sum of the block sizes
+    dense: bool  # every block has requests: no block needs to be masked out
+
+
+def _blocks_used(n: FloatArray, x: FloatArray | None = None, dense: bool | None = None) -> npt.NDArray[np.bool_] | None:
     """The blocks with requests (or, given ``x``, with requests or a non-zero total), or None when
-    that is every block: the common case then needs no mask and no selection."""
-    if n.size and n.min() > 0:
+    that is every block: the common case then needs no mask and no selection. ``dense``: whether
+    every block has requests, when the caller already knows."""
+    if dense is None:
+        dense = bool(n.size and n.min() > 0)
+    if dense:
         return None
     return n > 0 if x is None else (n > 0) | (x != 0)
 
 
-def arm_mean_var(x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool) -> tuple[float, float, int]:
+def arm_mean_var(
+    x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool, totals: Totals | None = None
+) -> tuple[float, float, int]:
     """Ratio estimator R = sum(x)/sum(n) over blocks and its variance (cluster-robust, floored
     by the i.i.d. per-request variance). Returns (R, var, blocks used)."""
-    used = _blocks_used(n, x)
+    used = _blocks_used(n, x, None if totals is None else totals.dense)
     b = n.size if used is None else int(used.sum())
-    big_n = float(n.sum())
+    big_n = float(n.sum()) if totals is None else totals.n
     if big_n <= 0:
         return math.nan, math.inf, b
-    r = float(x.sum()) / big_n
+    r = (float(x.sum()) if totals is None else totals.x) / big_n
     per_req = r * (1.0 - r) if binary else max(sum_sq / big_n - r * r, 0.0)
     v_iid = per_req / big_n
     if b >= 2:
@@ -96,10 +110,13 @@ def ratio_of_means_at(
     zs: tuple[float, ...],
     smooth: float = 0.0,
     binary: bool = False,
+    totals: tuple[Totals, Totals] | None = None,
 ) -> list[RatioEstimate | None]:
-    """``ratio_of_means`` at each z of ``zs``: the arms' means and variances are computed once."""
-    rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary)
-    rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary)
+    """``ratio_of_means`` at each z of ``zs``: the arms' means and variances are computed once.
+    ``totals``: the two arms' (canary, baseline) column totals, when the caller has them."""
+    tc, tb = (None, None) if totals is None else totals
+    rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary, totals=tc)
+    rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary, totals=tb)
     if math.isnan(rc) or math.isnan(rb):
         return [None for _ in zs]
     dc, db = rc + smooth, rb + smooth
@@ -121,8 +138,7 @@ def ratio_of_means_at(
     ]
 
 
-@dataclass(frozen=True)
-class Proportion:
+class Proportion(NamedTuple):
     p: float
     lower: float
     upper: float
@@ -140,11 +156,14 @@ def wilson(k: float, n: float, z: float) -> tuple[float, float]:
     return max((mid - half) / den, 0.0), min((mid + half) / den, 1.0)
 
 
-def block_proportion(k: FloatArray, n: FloatArray, *, z: float, deff: float | None = None) -> Proportion:
+def block_proportion(
+    k: FloatArray, n: FloatArray, *, z: float, deff: float | None = None, n_total: float | None = None
+) -> Proportion:
     """A proportion over blocks: Wilson bounds on the effective sample size, where the design
     effect (cluster variance over binomial variance, at least 1) shrinks n. Pass ``deff`` to use a
-    design effect measured elsewhere (it then cannot depend on these counts)."""
-    big_n = float(n.sum())
+    design effect measured elsewhere (it then cannot depend on these counts), ``n_total`` when
+    the sum of ``n`` is known."""
+    big_n = float(n.sum()) if n_total is None else n_total
     if big_n <= 0:
         return Proportion(math.nan, 0.0, 1.0, 0)
     kk = float(k.sum())
@@ -164,14 +183,14 @@ def block_proportion(k: FloatArray, n: FloatArray, *, z: float, deff: float | No
     return Proportion(p, lo, hi, int(big_n))
 
 
-def design_effect(sum_k: FloatArray, n: FloatArray, total_sq: float) -> float:
+def design_effect(sum_k: FloatArray, n: FloatArray, total_sq: float, *, totals: Totals | None = None) -> float:
     """How much block-level noise inflates the variance of a per-request mean (>= 1)."""
-    used = _blocks_used(n)
+    used = _blocks_used(n, dense=None if totals is None else totals.dense)
     b = n.size if used is None else int(used.sum())
-    big_n = float(n.sum())
+    big_n = float(n.sum()) if totals is None else totals.n
     if b < 2 or big_n <= 1:
         return 1.0
-    m = float(sum_k.sum()) / big_n
+    m = (float(sum_k.sum()) if totals is None else totals.x) / big_n
     per_req = max(total_sq / big_n - m * m, 1e-12)
     resid = sum_k - m * n if used is None else sum_k[used] - m * n[used]
     v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)

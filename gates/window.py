@@ -361,7 +361,8 @@ def compact(w: Window, max_blocks: int) -> None:
 
 
 def columns(w: Window, arm: str, fields: Iterable[str]) -> dict[str, Any]:
-    """Per-block arrays of ``fields`` for one arm, over the window's blocks in time order."""
+    """Per-block arrays of ``fields`` for one arm, over the window's blocks in time order; with the
+    blocks (``_blocks``), their arm blocks (``_rows``) and each field's total (``_sums``)."""
     order = sorted(w.blocks)
     empty = ArmBlock()
     rows = [w.blocks[b].get(arm, empty) for b in order]
@@ -374,11 +375,25 @@ def columns(w: Window, arm: str, fields: Iterable[str]) -> dict[str, Any]:
         table = np.array(list(map(operator.attrgetter(*plain), rows)), dtype=np.float64)
         table = np.ascontiguousarray(table.reshape(len(rows), len(plain)).T)
         out.update(zip(plain, table, strict=True))
+        # every column's total in one reduction: the integer counts sum exactly in float64, so
+        # these equal each column's own sum
+        sums = dict(zip(plain, table.sum(axis=1).tolist(), strict=True))
+    else:
+        sums = {}
     if "cost_sq" in fields:
         out["cost_sq"] = np.array([float(r.cost_sq) for r in rows], dtype=np.float64)
+        sums["cost_sq"] = float(out["cost_sq"].sum())
     out["_blocks"] = order
     out["_rows"] = rows
+    out["_sums"] = sums
     return out
+
+
+def dense(cols: dict[str, Any], n_field: str = "n") -> bool:
+    """Whether every block of ``columns`` output has a positive ``n_field``: what
+    ``n.size and n.min() > 0`` says of that column, read from the arm blocks without a reduction."""
+    rows = cols["_rows"]
+    return bool(rows) and all(getattr(r, n_field) > 0 for r in rows)
 
 
 def _sorted_dict(d: dict[int, int]) -> dict[int, int]:
