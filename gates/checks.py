@@ -9,7 +9,6 @@ upper bound, so that each verdict can be read off its own numbers.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,59 +19,13 @@ import numpy as np
 from gates import sketch
 from gates.decision import GateResult
 from gates.policy import RolloutPolicy
-from gates.stats import RatioEstimate, Totals, block_proportion, design_effect, ratio_of_means_at
-from gates.window import SQ_UNIT, ArmBlock, IntArray, Window, columns, dense
+from gates.stats import RatioEstimate, Totals, design_effect, proportion, ratio_of_means_at
+from gates.window import SQ_UNIT, Window, columns, dense
 
 FIELDS = (
     "n", "bad", "cost_n", "cost", "cost_sq", "tok", "tok_sq",
     "lat_k", "lat_k_sq", "len_k", "len_k_sq", "neg_fb", "fb",
 )  # fmt: skip
-
-
-class BlockSketches:
-    """The key and count arrays of the tested arm's per-block sketches, kept from one evaluation
-    to the next.
-
-    On a long window most blocks are closed: reading their sketches into arrays again at every
-    tick is most of the tail checks' work. A block's sketches change only where requests are
-    folded into it (gates/window.py), which raises its ``n`` by as many: an entry holds the sketch
-    object it was read from, with its size and the block's ``n`` then, and is used only while all
-    three are unchanged. A new or replaced sketch (a compaction, a canonical copy, a restored or
-    restarted window) is another object, so it is read again. Not part of any state: dropping it
-    changes nothing but the time an evaluation takes."""
-
-    def __init__(self) -> None:
-        # (metric, block) -> (the sketch, the block's n when read, its keys, its counts in that order)
-        self._entries: dict[tuple[str, int], tuple[dict[int, int], int, IntArray, IntArray]] = {}
-
-    def arrays(
-        self, metric: str, blocks: Sequence[int], rows: Sequence[ArmBlock]
-    ) -> tuple[IntArray, IntArray, list[int]]:
-        """The ``metric`` sketch ("lat" or "len") of every row (the arm block of ``blocks``, in the
-        same order): their keys and counts concatenated in row order, and each row's number of keys
-        (0 without a sketch). Entries of blocks not in ``blocks`` are dropped."""
-        kept = {k: v for k, v in self._entries.items() if k[0] != metric}
-        key_parts: list[IntArray] = []
-        count_parts: list[IntArray] = []
-        sizes: list[int] = []
-        for block, row in zip(blocks, rows, strict=True):
-            store: dict[int, int] | None = getattr(row, metric)
-            if not store:
-                sizes.append(0)
-                continue
-            entry = self._entries.get((metric, block))
-            if entry is None or entry[0] is not store or entry[1] != row.n or entry[2].size != len(store):
-                size = len(store)
-                entry = (store, row.n, np.fromiter(store.keys(), np.int64, size),
-                         np.fromiter(store.values(), np.int64, size))  # fmt: skip
-            kept[(metric, block)] = entry
-            key_parts.append(entry[2])
-            count_parts.append(entry[3])
-            sizes.append(entry[2].size)
-        self._entries = kept
-        if not key_parts:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), sizes
-        return np.concatenate(key_parts), np.concatenate(count_parts), sizes
 
 
 @dataclass(frozen=True)
@@ -87,10 +40,8 @@ class Ctx:
     # sorted (keys, cumulative counts, counts) per sketch, built once per evaluation
     cache: dict[int, tuple[Any, Any, Any]] = field(default_factory=dict)
     # values that several gates of this evaluation derive from the same window (design effects,
-    # quantile bounds, per-block sketch arrays): computed once, dropped with the Ctx
+    # quantile bounds, column totals): computed once, dropped with the Ctx
     memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
-    # per-block sketch arrays kept across evaluations (see BlockSketches), or None
-    block_sketches: BlockSketches | None = None
 
     def sorted_sketch(self, store: dict[int, int]) -> tuple[Any, Any]:
         keys, cum, _ = self.sorted_counts(store)
@@ -112,28 +63,6 @@ class Ctx:
             return 0
         i = int(keys.searchsorted(sketch.key_of(threshold), side="right"))
         return int(cum[-1] - (cum[i - 1] if i > 0 else 0))
-
-    def block_counts_above(self, metric: str, threshold: float) -> Any:
-        """Per tested-arm block (in ``cols_t["_rows"]`` order), how many requests are above
-        ``threshold`` in its ``metric`` sketch, as float64: what ``count_above`` on every block
-        gives, in one vectorised pass over all blocks' keys."""
-        got = self.memo.get(("blocks", metric))
-        if got is None:
-            arm_rows = self.cols_t["_rows"]
-            if self.block_sketches is not None:
-                keys, counts, sizes = self.block_sketches.arrays(metric, self.cols_t["_blocks"], arm_rows)
-            else:
-                stores = [getattr(r, metric) for r in arm_rows]
-                sizes = [0 if s is None else len(s) for s in stores]
-                total = sum(sizes)
-                keys = np.fromiter(itertools.chain.from_iterable(s for s in stores if s), np.int64, total)
-                counts = np.fromiter(itertools.chain.from_iterable(s.values() for s in stores if s), np.int64, total)
-            rows = np.arange(len(arm_rows)).repeat(sizes)
-            got = self.memo[("blocks", metric)] = (keys, counts, rows, len(arm_rows))
-        keys, counts, rows, n_rows = got
-        above = keys > sketch.key_of(threshold)
-        # integer counts summed in float64: exact (far below 2**53)
-        return np.bincount(rows[above], weights=counts[above], minlength=n_rows)
 
     def quantiles(self, store: dict[int, int], qs: Sequence[float]) -> Sequence[float | None]:
         """``sketch.quantile`` at each of ``qs``, on the sorted arrays this evaluation already holds,
@@ -184,11 +113,8 @@ class Ctx:
         }
 
 
-def make_ctx(
-    w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float, block_sketches: BlockSketches | None = None
-) -> Ctx:
-    return Ctx(w, arm, p, z_halt, z_promote, columns(w, arm, FIELDS), columns(w, "baseline", FIELDS),
-               block_sketches=block_sketches)  # fmt: skip
+def make_ctx(w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float) -> Ctx:
+    return Ctx(w, arm, p, z_halt, z_promote, columns(w, arm, FIELDS), columns(w, "baseline", FIELDS))
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -358,16 +284,18 @@ def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool
     if qb_h is None or qt is None or qb_p is None or qt_p is None or qb_h[0] <= 0:
         return _Tail("insufficient", None if qt is None else qt[0], None if qb_h is None else qb_h[0],
                      None, None, None)  # fmt: skip
-    n_blocks = c.cols_t["n"]  # per-block request counts, float64, in the rows' order
+    t_store = getattr(c.w, metric).get(c.arm, {})
+    n_test = c.total("t", "n")
     p0 = 1.0 - q
 
     def share_above(threshold: float, z: float) -> tuple[float, float, float]:
         if not math.isfinite(threshold):
             return 0.0, 0.0, 0.0
-        k = c.block_counts_above(metric, threshold)
-        # the design effect comes from the arm's log-quantity means, not from these counts: it must not
-        # change with the threshold, or a looser limit could pass less often than a stricter one
-        pr = block_proportion(k, n_blocks, z=z, deff=deff_t, n_total=c.total("t", "n"))
+        # The tested arm's requests above the threshold, over all its blocks: its window sketch
+        # holds exactly its blocks' requests (gates/window.py folds each request into both).
+        # The design effect comes from the arm's log-quantity means, not from these counts: it must
+        # not change with the threshold, or a looser limit could pass less often than a stricter one.
+        pr = proportion(c.count_above(t_store, threshold), n_test, z=z, deff=deff_t)
         return pr.p, pr.lower, pr.upper
 
     ratio = qt[0] / qb_h[0]
@@ -517,13 +445,10 @@ def msgspec_replace(res: GateResult, **changes: Any) -> GateResult:
 
 
 def evaluate_gates(
-    w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float, *, feedback: bool,
-    block_sketches: BlockSketches | None = None,
+    w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float, *, feedback: bool
 ) -> list[GateResult]:
-    """The enabled gates' verdicts. ``block_sketches``, kept by the caller from one evaluation of a
-    rollout to the next, saves re-reading unchanged per-block sketches; the verdicts are the same
-    with or without it."""
-    c = make_ctx(w, arm, p, z_halt, z_promote, block_sketches)
+    """The enabled gates' verdicts."""
+    c = make_ctx(w, arm, p, z_halt, z_promote)
     out: list[GateResult] = []
     if p.gates.latency.enabled:
         out.append(latency_gate(c))

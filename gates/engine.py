@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 
 from gates import window as win
-from gates.checks import BlockSketches, evaluate_gates
+from gates.checks import evaluate_gates
 from gates.commands import Command
 from gates.decision import Decision, GateResult
 from gates.drift import MIN_SHIFT, Detectors, DriftState, canary_onset
@@ -102,8 +102,6 @@ class Engine:
         self._policies: dict[str, RolloutPolicy] = {}
         self._pending: dict[str, PendingBatch] = {}
         self._detectors: dict[str, Detectors] = {}
-        # per rollout, per-block sketch arrays kept between evaluations (derived, never persisted)
-        self._block_sketches: dict[str, BlockSketches] = {}
         self._dirty: set[str] = set()
         # the latest event time seen in any rollout: the worker's clock for idle rollouts
         self.event_time = -math.inf
@@ -151,7 +149,6 @@ class Engine:
         self._states[rollout_id] = st
         self._pending.pop(rollout_id, None)
         self._detectors.pop(rollout_id, None)
-        self._block_sketches.pop(rollout_id, None)
         self.event_time = max(self.event_time, st.watermark)
 
     # ---- inputs ----------------------------------------------------------------------------
@@ -371,10 +368,7 @@ class Engine:
         # promote: is it below), so the two-sided boundary is run at twice the one-sided risk.
         z_halt = cs_z(max(both, 1), min(2 * p.false_halt_budget, 0.5), p.cs_rho_blocks)
         z_promote = cs_z(max(both, 1), min(2 * p.promote_risk, 0.8), p.cs_rho_blocks)
-        sketches = self._block_sketches.get(st.rollout_id)
-        if sketches is None:
-            sketches = self._block_sketches[st.rollout_id] = BlockSketches()
-        gates = evaluate_gates(w, arm, p, z_halt, z_promote, feedback=arm != SHADOW, block_sketches=sketches)
+        gates = evaluate_gates(w, arm, p, z_halt, z_promote, feedback=arm != SHADOW)
         st.last_gates = gates
         n_test = sum(b[arm].n for b in w.blocks.values() if arm in b)
         elapsed = now - st.step_start
@@ -445,7 +439,6 @@ class Engine:
         still ignored, and a restart still knows it ended), but not its window or detectors."""
         self._pending.pop(st.rollout_id, None)
         self._detectors.pop(st.rollout_id, None)
-        self._block_sketches.pop(st.rollout_id, None)
         st.final_samples = _samples(st)
         st.window = win.Window(start=st.step_start, block_seconds=st.window.block_seconds)
         st.drift = DriftState(onset=st.drift.onset, alarms=st.drift.alarms)

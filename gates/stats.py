@@ -156,31 +156,38 @@ def wilson(k: float, n: float, z: float) -> tuple[float, float]:
     return max((mid - half) / den, 0.0), min((mid + half) / den, 1.0)
 
 
-def block_proportion(
-    k: FloatArray, n: FloatArray, *, z: float, deff: float | None = None, n_total: float | None = None
-) -> Proportion:
+def block_proportion(k: FloatArray, n: FloatArray, *, z: float, deff: float | None = None) -> Proportion:
     """A proportion over blocks: Wilson bounds on the effective sample size, where the design
     effect (cluster variance over binomial variance, at least 1) shrinks n. Pass ``deff`` to use a
-    design effect measured elsewhere (it then cannot depend on these counts), ``n_total`` when
-    the sum of ``n`` is known."""
-    big_n = float(n.sum()) if n_total is None else n_total
+    design effect measured elsewhere (it then cannot depend on these counts)."""
+    big_n = float(n.sum())
     if big_n <= 0:
         return Proportion(math.nan, 0.0, 1.0, 0)
     kk = float(k.sum())
-    p = kk / big_n
     if deff is not None:
-        deff = max(1.0, deff)
-    else:
-        deff = 1.0
-        used = n > 0
-        b = int(used.sum())
-        if b >= 2 and 0 < p < 1:
-            resid = k[used] - p * n[used]
-            v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
-            deff = max(1.0, v_cl / (p * (1 - p) / big_n))
+        return proportion(kk, big_n, z=z, deff=deff)
+    p = kk / big_n
+    deff = 1.0
+    used = n > 0
+    b = int(used.sum())
+    if b >= 2 and 0 < p < 1:
+        resid = k[used] - p * n[used]
+        v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
+        deff = max(1.0, v_cl / (p * (1 - p) / big_n))
     n_eff = big_n / deff
     lo, hi = wilson(p * n_eff, n_eff, z)
     return Proportion(p, lo, hi, int(big_n))
+
+
+def proportion(k: float, n: float, *, z: float, deff: float) -> Proportion:
+    """``k`` of ``n`` requests, with Wilson bounds on the effective sample size ``n / deff``
+    (``deff`` at least 1): ``block_proportion`` with a design effect measured elsewhere."""
+    if n <= 0:
+        return Proportion(math.nan, 0.0, 1.0, 0)
+    p = k / n
+    n_eff = n / max(1.0, deff)
+    lo, hi = wilson(p * n_eff, n_eff, z)
+    return Proportion(p, lo, hi, int(n))
 
 
 def design_effect(sum_k: FloatArray, n: FloatArray, total_sq: float, *, totals: Totals | None = None) -> float:

@@ -236,7 +236,7 @@ def add_requests(
         has_cost, cost_i, micro * micro if squares_fit else np.zeros_like(micro),
     ))  # fmt: skip
     one_hot = codes == np.arange(n_arms)[:, None]
-    sums = (one_hot @ table.T).tolist()
+    sums = np.einsum("an,fn->af", one_hot, table).tolist()  # exact int64 sums; cheaper than a matmul here
     counts = sketch.key_counts_by_group(keys, np.concatenate((codes, codes + n_arms)), 2 * n_arms)
     out = []
     for code, (arm, k) in enumerate(zip(arms, per_arm, strict=True)):
