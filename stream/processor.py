@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 REASON_HEADER = "x-rollout-gate-reason"
 SOURCE_HEADER = "x-rollout-gate-source"
+# the longest a batch holds the event loop without handing it back
+YIELD_EVERY_SECONDS = 0.005
 _ARM = operator.attrgetter("arm")
 
 
@@ -133,7 +135,14 @@ class Processor:
             arm_counts = [0, 0, 0]  # baseline, canary, shadow
             reasons: Counter[str] = Counter()
             records, seeks = self._admit(records)
+            handed_back = started
             for rec in records:
+                now = time.perf_counter()
+                if now - handed_back > YIELD_EVERY_SECONDS:
+                    # Let the event loop run between messages of a long batch: Faust's fetcher
+                    # then keeps pulling the next fetches from the consumer while this one is folded.
+                    await asyncio.sleep(0)
+                    handed_back = now
                 # per message, not per event: split in one pass, count arms in C
                 events, bad = split_rejections(decode_message(rec.value or b""))
                 for item in bad:

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 import orjson
 import pytest
 
@@ -149,3 +153,36 @@ async def test_the_timer_judges_steps_in_event_time_not_by_the_wall_clock() -> N
     wall[0] += 200
     held = await proc.tick()  # idle for 400 s: 700 s into the step
     assert [(d.action, d.trigger) for d in held] == [("hold", "timeout")]
+
+
+async def test_a_long_batch_hands_the_event_loop_back_between_messages() -> None:
+    """Faust's fetcher, timers and commits share the event loop with the batch: a batch that
+    takes long must let them run, in message order and without changing what it computes."""
+    import stream.processor as sp
+
+    class SlowEngine(FakeEngine):
+        def ingest(self, events: Any, source: str | None = None, offset: int | None = None) -> list[Any]:
+            time.sleep(sp.YIELD_EVERY_SECONDS / 2)  # CPU-bound work that never awaits
+            return super().ingest(events, source, offset)
+
+    sink, metrics = ListSink(), Metrics(clock=lambda: TS + 100)
+    proc = Processor(lambda: SlowEngine(promote_every=100), sink, metrics, clock=lambda: TS + 100)
+    ran_during: list[int] = []
+
+    async def other_task() -> None:
+        while True:
+            engine = proc.engine
+            assert isinstance(engine, FakeEngine)
+            ran_during.append(len(engine.ingest_calls))
+            await asyncio.sleep(0)
+
+    task = asyncio.get_running_loop().create_task(other_task())
+    await asyncio.sleep(0)
+    ran_during.clear()
+    await proc.process_events([rec(orjson.dumps(ev(i=i)), i) for i in range(20)])
+    task.cancel()
+    engine = proc.engine
+    assert isinstance(engine, FakeEngine)
+    assert [c[2] for c in engine.ingest_calls] == list(range(20))  # every message, in order
+    # the other task ran while the batch was under way, several times
+    assert len([n for n in ran_during if 0 < n < 20]) >= 3
