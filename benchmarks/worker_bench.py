@@ -1,6 +1,7 @@
 """Worker benchmark on the local broker, side by side in one run; prints a markdown table.
 
-    .venv/bin/python benchmarks/worker_bench.py [--events 1000000] [--single-events 200000] [--repeats 3] [--halts 60] [--quick]
+    .venv/bin/python benchmarks/worker_bench.py [--events 1000000] [--single-events 200000] [--repeats 3] [--halts 60]
+                                                [--pin-cpu CPU] [--quick]
 
 (a) throughput: the worker (decode + engine + state + decisions) vs a bare aiokafka consumer that
     only decodes the same topic (gates.events.decode_message, msgspec), for messages of 100 events
@@ -75,10 +76,16 @@ def worker_env(prefix: str, workdir: Path, policy: Path | None, app_id: str | No
     return env
 
 
+# --pin-cpu: the CPU that the throughput pairs' bare consumer and worker run on, or None
+PIN: set[int] | None = None
+
+
 def start_worker(prefix: str, workdir: Path, policy: Path | None = None,
-                 app_id: str | None = None) -> tuple[Worker, float]:
-    w = Worker(worker_env(prefix, workdir, policy, app_id), workdir, app_id or prefix)
-    w.start(ready_timeout=120)
+                 app_id: str | None = None, cpus: set[int] | None = None) -> tuple[Worker, float]:
+    w = Worker(worker_env(prefix, workdir, policy, app_id), workdir, app_id or prefix, cpus=cpus)
+    # the worker starts consuming as soon as /readyz turns 200: poll it finely, so that the clock
+    # starts within a few ms of that (a coarse poll would hand the worker free time)
+    w.start(ready_timeout=120, ready_poll=0.005)
     return w, time.perf_counter()
 
 
@@ -171,9 +178,15 @@ def throughput(per_message: int, n_events: int, workdir: Path, repeats: int) -> 
     pairs = []
     cpu_ratios = []
     for i in range(repeats):
-        n_bare, s_bare, cpu_bare = asyncio.run(bare_decode(f"{prefix}.events"))
+        allowed = os.sched_getaffinity(0)
+        if PIN:
+            os.sched_setaffinity(0, PIN)
+        try:
+            n_bare, s_bare, cpu_bare = asyncio.run(bare_decode(f"{prefix}.events"))
+        finally:
+            os.sched_setaffinity(0, allowed)
         assert n_bare == len(events)
-        w, t_ready = start_worker(prefix, workdir, app_id=f"{prefix}-{i}")
+        w, t_ready = start_worker(prefix, workdir, app_id=f"{prefix}-{i}", cpus=PIN)
         try:
             assert w.proc is not None
             proc = psutil.Process(w.proc.pid)
@@ -315,7 +328,15 @@ def main() -> None:
     ap.add_argument("--rollouts", type=int, nargs="+", default=[1000, 10_000])
     ap.add_argument("--repeats", type=int, default=3, help="bare/worker pairs per throughput measure")
     ap.add_argument("--quick", action="store_true", help="small sizes, to check that the script runs")
+    ap.add_argument("--pin-cpu", type=int, default=None, metavar="CPU",
+                    help="run the throughput pairs' bare consumer and worker on this CPU only (the broker and "
+                         "the rest stay anywhere): one dedicated core each, as a pod with an exclusive CPU gets")  # fmt: skip
     a = ap.parse_args()
+    global PIN
+    if a.pin_cpu is not None:
+        if a.pin_cpu not in os.sched_getaffinity(0):
+            ap.error(f"--pin-cpu {a.pin_cpu}: not one of this process's CPUs {sorted(os.sched_getaffinity(0))}")
+        PIN = {a.pin_cpu}
     if a.quick:
         a.events, a.single_events, a.halts, a.rollouts, a.repeats = 20_000, 5_000, 10, [100], 1
     with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp:

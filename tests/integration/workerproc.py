@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -21,10 +22,11 @@ def free_port() -> int:
 class Worker:
     """``python -m stream.worker_main`` with the settings in its environment."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, name: str) -> None:
+    def __init__(self, env: dict[str, str], workdir: Path, name: str, *, cpus: set[int] | None = None) -> None:
         self.env = env
         self.workdir = workdir
         self.name = name
+        self.cpus = cpus  # run the worker on these CPUs only (all of its threads), or anywhere
         self.port = int(env["ROLLOUT_GATE_METRICS_PORT"])
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
@@ -33,15 +35,17 @@ class Worker:
     def log_path(self) -> Path:
         return self.workdir / f"{self.name}.log"
 
-    def start(self, *, ready_timeout: float = 60.0) -> Worker:
+    def start(self, *, ready_timeout: float = 60.0, ready_poll: float = 0.2) -> Worker:
         self.runs += 1
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         log.write(f"\n===== start #{self.runs} =====\n".encode())
         log.flush()
+        cpus = self.cpus
         self.proc = subprocess.Popen([sys.executable, "-m", "stream.worker_main", "--log-level", "info"],
-                                     env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+                                     env=self.env, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)  # fmt: skip
         log.close()
-        self.wait_ready(ready_timeout)
+        self.wait_ready(ready_timeout, poll=ready_poll)
         return self
 
     def get(self, path: str) -> tuple[int, str]:
@@ -51,7 +55,7 @@ class Worker:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, *, poll: float = 0.2) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -62,7 +66,7 @@ class Worker:
                     return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(poll)
         raise AssertionError(f"worker not ready within {timeout}s:\n{self.log_tail()}")
 
     def metrics(self) -> str:
