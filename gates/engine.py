@@ -23,7 +23,7 @@ from gates.checks import evaluate_gates
 from gates.commands import Command
 from gates.decision import Decision, GateResult
 from gates.drift import MIN_SHIFT, Detectors, DriftState, canary_onset
-from gates.events import Event, InferenceEvent
+from gates.events import ARMS, Event, InferenceEvent
 from gates.pending import PendingBatch
 from gates.policy import PolicySet, RolloutPolicy
 from gates.sketch import LN_GAMMA
@@ -86,7 +86,7 @@ class RolloutStatus:
 
 _TS = operator.attrgetter("ts")
 _RID = operator.attrgetter("rollout_id")
-ARM_NAMES = ("baseline", "canary", "shadow")
+ARM_NAMES = ARMS  # in the order of the pending batch's arm codes
 BLOCK_SKETCH_ARMS = frozenset(ARM_NAMES) - {"baseline"}  # the baseline keeps window-wide sketches only
 # the arm codes whose first model digest is still wanted, by (baseline's unknown, canary's unknown):
 # the canary's digest is also the shadow arm's

@@ -16,9 +16,9 @@ from collections.abc import Callable, Collection
 import numpy as np
 import numpy.typing as npt
 
-from gates.events import NEGATIVE_FEEDBACK, Event, FeedbackEvent, InferenceEvent
+from gates.events import ARMS, NEGATIVE_FEEDBACK, Event, FeedbackEvent, InferenceEvent
 
-ARM_CODE = {"baseline": 0, "canary": 1, "shadow": 2}
+ARM_CODE = {arm: code for code, arm in enumerate(ARMS)}  # the codes index gates.events.ARMS
 
 _TS = operator.attrgetter("ts")
 _LATENCY = operator.attrgetter("latency_ms")

@@ -142,9 +142,7 @@ def value_at_rank(keys: IntArray, counts: IntArray, rank: float) -> float:
 
 def value_at_cum_rank(keys: IntArray, cum: IntArray, rank: float) -> float:
     """value_at_rank with the cumulative counts already summed."""
-    rank = min(max(rank, 0.0), float(cum[-1] - 1))
-    i = int(cum.searchsorted(rank, side="right"))
-    return value_of(int(keys[min(i, len(keys) - 1)]))
+    return values_at_cum_ranks(keys, cum, [rank])[0]
 
 
 def values_at_cum_ranks(keys: IntArray, cum: IntArray, ranks: list[float]) -> list[float]:

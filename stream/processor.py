@@ -132,7 +132,7 @@ class Processor:
             started = time.perf_counter()
             decisions: list[Decision] = []
             letters: list[DeadLetter] = []
-            arm_counts = [0, 0, 0]  # baseline, canary, shadow
+            arm_counts = [0, 0, 0]  # in the order of ARMS: baseline, canary, shadow
             reasons: Counter[str] = Counter()
             records, seeks = self._admit(records)
             handed_back = started
