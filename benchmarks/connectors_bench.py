@@ -9,7 +9,8 @@
 
     .venv/bin/python benchmarks/connectors_bench.py [--halts 100] [--rate 2000] [--seconds 10]
 
-Needs the broker (scripts/kafka-local start); reads ROLLOUT_GATE_KAFKA_BOOTSTRAP.
+Needs the broker (scripts/kafka-local start); reads ROLLOUT_GATE_KAFKA_BOOTSTRAP. The run's topics
+are deleted at the end.
 """
 
 from __future__ import annotations
@@ -17,16 +18,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import threading
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from prometheus_client import CollectorRegistry
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from connectors.publisher import EventPublisher, SyncEventPublisher
 from connectors.subscriber import DecisionSubscriber
 from connectors.testing import bootstrap, create_topics, decision, unique
+from tests.integration.kafka_io import delete_topics_with_prefixes
+
+RUN = f"bench-conn-{uuid.uuid4().hex[:6]}"  # the name prefix of every topic this run creates
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -35,7 +44,7 @@ def pct(xs: list[float], q: float) -> float:
 
 
 async def halt_latency(servers: str, halts: int) -> list[float]:
-    topic = unique("bench.decisions")
+    topic = unique(f"{RUN}.decisions")
     await create_topics(servers, [topic], compact=True)
     sub = DecisionSubscriber(servers, topic=topic, registry=CollectorRegistry())
     applied: dict[int, float] = {}
@@ -103,7 +112,7 @@ def paced(rate: int, seconds: float, call: Any) -> list[float]:
 
 
 async def async_overhead(servers: str, rate: int, seconds: float) -> tuple[list[float], dict[str, float]]:
-    topic = unique("bench.events")
+    topic = unique(f"{RUN}.events")
     await create_topics(servers, [topic])
     reg = CollectorRegistry()
     pub = EventPublisher(servers, topic=topic, registry=reg)
@@ -173,11 +182,14 @@ async def main() -> None:
     a = p.parse_args()
     servers = bootstrap()
 
-    halts = await halt_latency(servers, a.halts)
-    a_costs, a_stats = await async_overhead(servers, a.rate, a.seconds)
-    topic = unique("bench.events.sync")
-    await create_topics(servers, [topic])
-    s_costs, s_stats = await asyncio.to_thread(sync_overhead, servers, topic, a.rate, a.seconds)
+    try:
+        halts = await halt_latency(servers, a.halts)
+        a_costs, a_stats = await async_overhead(servers, a.rate, a.seconds)
+        topic = unique(f"{RUN}.events.sync")
+        await create_topics(servers, [topic])
+        s_costs, s_stats = await asyncio.to_thread(sync_overhead, servers, topic, a.rate, a.seconds)
+    finally:
+        await delete_topics_with_prefixes(servers, [RUN])  # this run's topics
 
     print(f"broker {servers}, {a.halts} halts, publish() paced at {a.rate}/s for {a.seconds:.0f} s\n")
     print("| measurement | n | p50 | p99 | p99.9 | mean | max |")

@@ -1,7 +1,7 @@
 """Worker benchmark on the local broker, side by side in one run; prints a markdown table.
 
     .venv/bin/python benchmarks/worker_bench.py [--events 1000000] [--single-events 200000] [--repeats 3] [--halts 60]
-                                                [--pin-cpu CPU] [--quick]
+                                                [--pin-cpu CPU] [--quick] [--keep-topics]
 
 (a) throughput: the worker (decode + engine + state + decisions) vs a bare aiokafka consumer that
     only decodes the same topic (gates.events.decode_message, msgspec), for messages of 100 events
@@ -16,7 +16,7 @@
 (c) worker RSS with 1,000 and 10,000 rollouts holding state (30 events each, both arms).
 
 Needs the broker (scripts/kafka-local start) and ROLLOUT_GATE_KAFKA_BOOTSTRAP (default
-127.0.0.1:19092). Every run uses fresh topics and app ids.
+127.0.0.1:19092). Every run uses fresh topics and app ids, and deletes them at the end.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from gates.engine import Engine  # noqa: E402
 from gates.events import Rejection, decode_message  # noqa: E402
 from gates.policy import parse_policy  # noqa: E402
 from tests.integration.helpers import metric_value  # noqa: E402
-from tests.integration.kafka_io import end_offsets, produce  # noqa: E402
+from tests.integration.kafka_io import delete_topics_with_prefixes, end_offsets, produce  # noqa: E402
 from tests.integration.streams import (  # noqa: E402
     BASELINE,
     CANARY,
@@ -56,9 +56,13 @@ from tests.integration.streams import (  # noqa: E402
 from tests.integration.workerproc import Worker, free_port  # noqa: E402
 
 BOOTSTRAP = os.environ.get("ROLLOUT_GATE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+# the name prefix of every topic and app id this run creates: deleted at the end (--keep-topics keeps them)
+PREFIXES: set[str] = set()
 
 
 def worker_env(prefix: str, workdir: Path, policy: Path | None, app_id: str | None = None) -> dict[str, str]:
+    PREFIXES.add(prefix)
+    assert app_id is None or app_id.startswith(prefix)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLOUT_GATE_")}
     env.update({
         "ROLLOUT_GATE_KAFKA_BOOTSTRAP": BOOTSTRAP,
@@ -159,6 +163,7 @@ def throughput(per_message: int, n_events: int, workdir: Path, repeats: int) -> 
     """``repeats`` pairs (bare consumer, then a fresh worker) over one topic produced beforehand;
     each worker has its own app id (consumer group and state), so each reads the topic from the start."""
     prefix = f"bench-tp{per_message}-{uuid.uuid4().hex[:6]}"
+    PREFIXES.add(prefix)
     rollouts = 10
     seconds = n_events / rollouts / (BASELINE.rps + CANARY.rps) / 1.5  # feedback adds ~50%
     start = recent_start(seconds + 600)
@@ -328,6 +333,7 @@ def main() -> None:
     ap.add_argument("--rollouts", type=int, nargs="+", default=[1000, 10_000])
     ap.add_argument("--repeats", type=int, default=3, help="bare/worker pairs per throughput measure")
     ap.add_argument("--quick", action="store_true", help="small sizes, to check that the script runs")
+    ap.add_argument("--keep-topics", action="store_true", help="leave this run's topics on the broker")
     ap.add_argument("--pin-cpu", type=int, default=None, metavar="CPU",
                     help="run the throughput pairs' bare consumer and worker on this CPU only (the broker and "
                          "the rest stay anywhere): one dedicated core each, as a pod with an exclusive CPU gets")  # fmt: skip
@@ -342,9 +348,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="worker-bench-") as tmp:
         work = Path(tmp)
         print(f"broker {BOOTSTRAP}; {psutil.cpu_count()} CPUs; Python {sys.version.split()[0]}", file=sys.stderr)
-        tp = [throughput(100, a.events, work, a.repeats), throughput(1, a.single_events, work, a.repeats)]
-        lat = latency(a.halts, work)
-        mem = memory(a.rollouts, work)
+        try:
+            tp = [throughput(100, a.events, work, a.repeats), throughput(1, a.single_events, work, a.repeats)]
+            lat = latency(a.halts, work)
+            mem = memory(a.rollouts, work)
+        finally:
+            if not a.keep_topics:
+                n = asyncio.run(delete_topics_with_prefixes(BOOTSTRAP, PREFIXES))
+                print(f"deleted this run's {n} topics (--keep-topics keeps them)", file=sys.stderr)
     targets = {100: 0.5, 1: 0.2}
     print("\n| measure | bare decode | worker | ratio / value | target |")
     print("|---|---|---|---|---|")

@@ -67,9 +67,3 @@ def worker(worker_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRe
     if rep is not None and rep.failed:
         print(f"--- worker log ({w.log_path}) ---\n{w.log_tail(120)}")
 
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    rep = outcome.get_result()  # type: ignore[attr-defined]
-    setattr(item, "rep_" + rep.when, rep)

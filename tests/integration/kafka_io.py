@@ -112,3 +112,27 @@ async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 
 def values(messages: Sequence[Message]) -> list[bytes]:
     return [m.value for m in messages if m.value is not None]
+
+
+async def delete_topics_with_prefixes(bootstrap: str, prefixes: Iterable[str], *, chunk: int = 200) -> int:
+    """Delete every topic whose name starts with one of ``prefixes`` (a test's or a benchmark's own
+    topics, Faust's changelog and leader topics included); returns how many were deleted. Topics
+    that are already gone are not an error."""
+    wanted = tuple(prefixes)
+    if not wanted:
+        return 0
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = sorted(t for t in await admin.list_topics() if t.startswith(wanted))
+        deleted = 0
+        for i in range(0, len(names), chunk):
+            resp = await admin.delete_topics(names[i : i + chunk], timeout_ms=30_000)
+            for err in resp.topic_error_codes:  # (topic, error code): 0 done, 3 unknown topic (gone)
+                if err[1] == 0:
+                    deleted += 1
+                elif err[1] != 3:
+                    raise RuntimeError(f"deleting topic {err[0]} failed with Kafka error code {err[1]}")
+        return deleted
+    finally:
+        await admin.close()

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.publisher import EventPublisher, SyncEventPublisher
-from connectors.testing import bootstrap, create_topics, read_all, unique
+from connectors.testing import bootstrap, create_topics, read_all
 from gates.events import FeedbackEvent, InferenceEvent, Rejection, decode_message
 
 pytestmark = pytest.mark.integration
@@ -40,8 +40,8 @@ def decoded_by_rollout(records: list) -> dict[str, list[InferenceEvent | Feedbac
     return out
 
 
-async def test_published_events_decode_on_the_consumer_side() -> None:
-    servers, topic = bootstrap(), unique("it.events")
+async def test_published_events_decode_on_the_consumer_side(unique_id: str) -> None:
+    servers, topic = bootstrap(), f"{unique_id}.events"
     await create_topics(servers, [topic], partitions=3)
     reg = CollectorRegistry()
     pub = EventPublisher(servers, topic=topic, registry=reg, max_batch=50, linger_ms=5, compression="gzip")
@@ -83,8 +83,8 @@ async def test_published_events_decode_on_the_consumer_side() -> None:
     assert (fb.value, fb.request_ts, fb.negative) == ("down", 1_767_225_601.0, True)
 
 
-async def test_sync_publisher_from_threads_reaches_kafka() -> None:
-    servers, topic = bootstrap(), unique("it.events.sync")
+async def test_sync_publisher_from_threads_reaches_kafka(unique_id: str) -> None:
+    servers, topic = bootstrap(), f"{unique_id}.events.sync"
     await create_topics(servers, [topic])
     reg = CollectorRegistry()
 

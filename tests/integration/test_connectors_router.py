@@ -20,9 +20,9 @@ pytestmark = pytest.mark.integration
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "what is a canary"}]}
 
 
-async def test_router_publishes_events_and_applies_a_halt() -> None:
+async def test_router_publishes_events_and_applies_a_halt(unique_id: str) -> None:
     servers = bootstrap()
-    events, decisions = unique("it.router.events"), unique("it.router.decisions")
+    events, decisions = f"{unique_id}.router.events", f"{unique_id}.router.decisions"
     await create_topics(servers, [events])
     await create_topics(servers, [decisions], compact=True)
     rid = unique("chat")

@@ -8,13 +8,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.subscriber import DecisionSubscriber
-from connectors.testing import bootstrap, create_topics, decision, produce, unique
+from connectors.testing import bootstrap, create_topics, decision, produce
 
 pytestmark = pytest.mark.integration
 
 
-async def test_start_reads_the_compacted_topic_then_follows_in_seq_order() -> None:
-    servers, topic = bootstrap(), unique("it.decisions")
+async def test_start_reads_the_compacted_topic_then_follows_in_seq_order(unique_id: str) -> None:
+    servers, topic = bootstrap(), f"{unique_id}.decisions"
     await create_topics(servers, [topic], partitions=3, compact=True)
     d = decision
     await produce(
@@ -68,8 +68,8 @@ async def test_start_reads_the_compacted_topic_then_follows_in_seq_order() -> No
         await sub.stop()
 
 
-async def test_start_on_an_empty_topic_returns_and_picks_up_the_first_decision() -> None:
-    servers, topic = bootstrap(), unique("it.decisions.empty")
+async def test_start_on_an_empty_topic_returns_and_picks_up_the_first_decision(unique_id: str) -> None:
+    servers, topic = bootstrap(), f"{unique_id}.decisions.empty"
     await create_topics(servers, [topic], compact=True)
     sub = DecisionSubscriber(servers, topic=topic, registry=CollectorRegistry())
     await asyncio.wait_for(sub.start(), 30)
@@ -85,10 +85,10 @@ async def test_start_on_an_empty_topic_returns_and_picks_up_the_first_decision()
         await sub.stop()
 
 
-async def test_a_topic_created_after_start_is_picked_up_within_seconds() -> None:
+async def test_a_topic_created_after_start_is_picked_up_within_seconds(unique_id: str) -> None:
     # a router started before the worker: the missing topic is looked for every second, not at the
     # (default, 10 s) interval for new partitions
-    servers, topic = bootstrap(), unique("it.decisions.late")
+    servers, topic = bootstrap(), f"{unique_id}.decisions.late"
     sub = DecisionSubscriber(servers, topic=topic, registry=CollectorRegistry())
     await asyncio.wait_for(sub.start(), 30)
     try:
