@@ -189,7 +189,10 @@ async def main() -> None:
         await create_topics(servers, [topic])
         s_costs, s_stats = await asyncio.to_thread(sync_overhead, servers, topic, a.rate, a.seconds)
     finally:
-        await delete_topics_with_prefixes(servers, [RUN])  # this run's topics
+        try:
+            await delete_topics_with_prefixes(servers, [RUN])  # this run's topics
+        except Exception as exc:  # do not hide the run's own error behind the cleanup's
+            print(f"WARNING: could not delete this run's topics: {exc!r}", file=sys.stderr)
 
     print(f"broker {servers}, {a.halts} halts, publish() paced at {a.rate}/s for {a.seconds:.0f} s\n")
     print("| measurement | n | p50 | p99 | p99.9 | mean | max |")

@@ -354,8 +354,11 @@ def main() -> None:
             mem = memory(a.rollouts, work)
         finally:
             if not a.keep_topics:
-                n = asyncio.run(delete_topics_with_prefixes(BOOTSTRAP, PREFIXES))
-                print(f"deleted this run's {n} topics (--keep-topics keeps them)", file=sys.stderr)
+                try:
+                    n = asyncio.run(delete_topics_with_prefixes(BOOTSTRAP, PREFIXES))
+                    print(f"deleted this run's {n} topics (--keep-topics keeps them)", file=sys.stderr)
+                except Exception as exc:  # do not hide the run's own error behind the cleanup's
+                    print(f"WARNING: could not delete this run's topics: {exc!r}", file=sys.stderr)
     targets = {100: 0.5, 1: 0.2}
     print("\n| measure | bare decode | worker | ratio / value | target |")
     print("|---|---|---|---|---|")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.integration.kafka_io import delete_topics_with_prefixes
+
+pytestmark = pytest.mark.integration
 
 
 async def _names(bootstrap: str) -> set[str]:
