@@ -156,32 +156,9 @@ def wilson(k: float, n: float, z: float) -> tuple[float, float]:
     return max((mid - half) / den, 0.0), min((mid + half) / den, 1.0)
 
 
-def block_proportion(k: FloatArray, n: FloatArray, *, z: float, deff: float | None = None) -> Proportion:
-    """A proportion over blocks: Wilson bounds on the effective sample size, where the design
-    effect (cluster variance over binomial variance, at least 1) shrinks n. Pass ``deff`` to use a
-    design effect measured elsewhere (it then cannot depend on these counts)."""
-    big_n = float(n.sum())
-    if big_n <= 0:
-        return Proportion(math.nan, 0.0, 1.0, 0)
-    kk = float(k.sum())
-    if deff is not None:
-        return proportion(kk, big_n, z=z, deff=deff)
-    p = kk / big_n
-    deff = 1.0
-    used = n > 0
-    b = int(used.sum())
-    if b >= 2 and 0 < p < 1:
-        resid = k[used] - p * n[used]
-        v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
-        deff = max(1.0, v_cl / (p * (1 - p) / big_n))
-    n_eff = big_n / deff
-    lo, hi = wilson(p * n_eff, n_eff, z)
-    return Proportion(p, lo, hi, int(big_n))
-
-
 def proportion(k: float, n: float, *, z: float, deff: float) -> Proportion:
-    """``k`` of ``n`` requests, with Wilson bounds on the effective sample size ``n / deff``
-    (``deff`` at least 1): ``block_proportion`` with a design effect measured elsewhere."""
+    """``k`` of ``n`` requests, with Wilson bounds on the effective sample size ``n / deff``: the
+    design effect (at least 1) is measured elsewhere, so that it cannot depend on these counts."""
     if n <= 0:
         return Proportion(math.nan, 0.0, 1.0, 0)
     p = k / n

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest, norm
 
-from gates.stats import arm_mean_var, block_proportion, cs_z, design_effect, ratio_of_means, wilson
+from gates.stats import arm_mean_var, cs_z, design_effect, proportion, ratio_of_means, wilson
 
 
 def _blocks(values: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -132,27 +132,26 @@ def test_wilson_matches_scipy(k: int, n: int, conf: float) -> None:
 
 
 @pytest.mark.parametrize("conf", [0.9, 0.95])
-def test_block_proportion_with_design_effect_one_is_wilson(conf: float) -> None:
+def test_proportion_with_design_effect_one_is_wilson(conf: float) -> None:
     z = float(norm.ppf(1 - (1 - conf) / 2))
-    # identical proportions in every block: no between-block spread, design effect 1
-    k, n = np.array([6.0, 6.0, 6.0, 6.0]), np.array([200.0, 200.0, 200.0, 200.0])
-    pr = block_proportion(k, n, z=z)
+    pr = proportion(24.0, 800.0, z=z, deff=1.0)
     ref = binomtest(24, 800).proportion_ci(confidence_level=conf, method="wilson")
     assert pr.p == 24 / 800 and pr.n == 800
     assert (pr.lower, pr.upper) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high, abs=1e-12))
-    # one block has no between-block variance to estimate: also plain Wilson
-    one = block_proportion(np.array([24.0]), np.array([800.0]), z=z)
-    assert (one.lower, one.upper) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high, abs=1e-12))
+    # a design effect below 1 is taken as 1: never narrower than plain Wilson
+    low = proportion(24.0, 800.0, z=z, deff=0.5)
+    assert (low.lower, low.upper) == (pytest.approx(ref.low, abs=1e-12), pytest.approx(ref.high, abs=1e-12))
 
 
-def test_block_proportion_widens_with_overdispersed_blocks() -> None:
+def test_proportion_widens_with_the_design_effect() -> None:
     z = 1.96
-    k, n = np.array([0.0, 30.0, 2.0, 40.0]), np.array([200.0, 200.0, 200.0, 200.0])
-    pr = block_proportion(k, n, z=z)
+    pr = proportion(72.0, 800.0, z=z, deff=4.0)
     plain = wilson(72, 800, z)
     assert pr.p == pytest.approx(72 / 800)
     assert pr.lower < plain[0] and pr.upper > plain[1]
-    assert block_proportion(np.zeros(0), np.zeros(0), z=z).n == 0
+    # Wilson on the effective sample size n / deff
+    assert (pr.lower, pr.upper) == tuple(pytest.approx(v, abs=1e-12) for v in wilson(18, 200, z))
+    assert proportion(0.0, 0.0, z=z, deff=1.0).n == 0
 
 
 def test_design_effect_is_one_for_iid_and_large_for_clustered_blocks() -> None:
