@@ -113,13 +113,34 @@ def _isum(a: IntArray) -> int:
 SQ_UNIT = 1_000  # nano-dollars per micro-dollar, the unit of cost_sq
 
 
+def _nano_costs(cost: FloatArray) -> tuple[npt.NDArray[np.bool_], IntArray]:
+    """(which requests have a cost, costs in nano-dollars with 0 where unknown); ``cost`` is NaN
+    where unknown."""
+    has_cost = ~np.isnan(cost)
+    if has_cost.all():
+        return has_cost, np.rint(cost / COST_UNIT).astype(np.int64)
+    cost_i = np.zeros(cost.shape, np.int64)
+    cost_i[has_cost] = np.rint(cost[has_cost] / COST_UNIT).astype(np.int64)
+    return has_cost, cost_i
+
+
+def _micro(cost_nano: IntArray) -> IntArray:
+    return (cost_nano + SQ_UNIT // 2) // SQ_UNIT
+
+
+def _squares_fit_int64(micro: IntArray) -> bool:
+    """Whether no sum of squares of ``micro`` (non-empty) can overflow int64."""
+    top = int(micro.max())
+    return int(micro.min()) >= 0 and top < 3_000_000_000 and micro.size * top * top < 2**62
+
+
 def _square_sum_micro(cost_nano: IntArray) -> int:
     """Exact sum of squared costs in micro-dollars, as a Python int: a $1 call adds 1e12, so a block
     holds millions of dollar-sized calls within the 64 bits that msgpack encodes."""
     if cost_nano.size == 0:
         return 0
-    micro = (cost_nano + SQ_UNIT // 2) // SQ_UNIT
-    if int(micro.max()) < 3_000_000_000 and micro.size * int(micro.max()) ** 2 < 2**62:
+    micro = _micro(cost_nano)
+    if _squares_fit_int64(micro):
         return int((micro * micro).sum())
     return sum(m * m for m in micro.tolist())
 
@@ -151,9 +172,7 @@ def add_inference(
     len_keys = sketch.keys_of(tokens.astype(np.float64))
     lk = np.maximum(lat_keys, LOG_KEY_FLOOR)
     nk = np.maximum(len_keys, LOG_KEY_FLOOR)
-    has_cost = ~np.isnan(cost)
-    cost_i = np.zeros(cost.shape, np.int64)
-    cost_i[has_cost] = np.rint(cost[has_cost] / COST_UNIT).astype(np.int64)
+    has_cost, cost_i = _nano_costs(cost)
     lat_counts = sketch.key_counts(lat_keys)
     len_counts = sketch.key_counts(len_keys)
     sketch.add_counts(w.lat.setdefault(arm, {}), *lat_counts)
@@ -221,16 +240,10 @@ def add_requests(
     keys = sketch.keys_of(np.concatenate((latency_ms, tokens.astype(np.float64))))
     floored = np.maximum(keys, LOG_KEY_FLOOR)
     lk, nk = floored[:n], floored[n:]
-    has_cost = ~np.isnan(cost)
-    if has_cost.all():
-        cost_i = np.rint(cost / COST_UNIT).astype(np.int64)
-    else:
-        cost_i = np.zeros(n, np.int64)
-        cost_i[has_cost] = np.rint(cost[has_cost] / COST_UNIT).astype(np.int64)
-    micro = (cost_i + SQ_UNIT // 2) // SQ_UNIT
-    top = int(micro.max())
+    has_cost, cost_i = _nano_costs(cost)
+    micro = _micro(cost_i)
     # the squares in int64 when no sum of them can overflow; _square_sum_micro per arm otherwise
-    squares_fit = int(micro.min()) >= 0 and top < 3_000_000_000 and n * top * top < 2**62
+    squares_fit = _squares_fit_int64(micro)
     table = np.array((
         np.maximum(errors, refusals), errors, refusals, tokens, tokens * tokens, lk, lk * lk, nk, nk * nk,
         has_cost, cost_i, micro * micro if squares_fit else np.zeros_like(micro),
