@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from connectors.testing import bootstrap as broker_bootstrap  # noqa: E402
 from gates.engine import Engine  # noqa: E402
 from gates.events import Rejection, decode_message  # noqa: E402
 from gates.policy import parse_policy  # noqa: E402
@@ -55,7 +56,7 @@ from tests.integration.streams import (  # noqa: E402
 )
 from tests.integration.workerproc import Worker, free_port  # noqa: E402
 
-BOOTSTRAP = os.environ.get("ROLLOUT_GATE_KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+BOOTSTRAP = broker_bootstrap()
 # the name prefix of every topic and app id this run creates: deleted at the end (--keep-topics keeps them)
 PREFIXES: set[str] = set()
 

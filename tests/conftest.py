@@ -4,20 +4,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+from connectors.testing import bootstrap as broker_bootstrap
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """The broker's bootstrap address; the test fails (not skips) when nothing listens there."""
-    bootstrap = os.environ.get("ROLLOUT_GATE_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    bootstrap = broker_bootstrap()
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=3).close()
@@ -58,7 +57,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     from tests.integration.kafka_io import delete_topics_with_prefixes
 
-    bootstrap = os.environ.get("ROLLOUT_GATE_KAFKA_BOOTSTRAP", DEFAULT_BOOTSTRAP)
+    bootstrap = broker_bootstrap()
     try:
         n = asyncio.run(asyncio.wait_for(delete_topics_with_prefixes(bootstrap, _PASSED_IDS), 120))
         _CLEANUP.append(f"deleted the {n} topics of {len(_PASSED_IDS)} passed broker tests from {bootstrap}")
