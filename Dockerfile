@@ -5,9 +5,10 @@
 #   docker run --rm -e ROLLOUT_GATE_KAFKA_BOOTSTRAP=kafka:9092 rollout-gate            # the worker
 #   docker run --rm rollout-gate --help                                              # the other commands
 #
-# Two stages: the build stage turns the project and every dependency into wheels (a compiler is
-# there only for a dependency without a wheel for this platform); the runtime stage installs those
-# wheels offline and carries no compiler, no pip cache and no source tree.
+# Two stages: the build stage turns the project and every dependency into wheels, at exactly the
+# versions in uv.lock (exported with their hashes, which pip checks); a compiler is there only for a
+# dependency without a wheel for this platform. The runtime stage installs those wheels offline and
+# carries no compiler, no pip cache and no source tree.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -21,11 +22,16 @@ RUN apt-get update \
 WORKDIR /src
 # Only what the distribution is built from (no .dockerignore needed, no tests or .venv in the context
 # copy). README.md* : the readme is optional for the build; the glob keeps the COPY valid without it.
-COPY pyproject.toml README.md* ./
+ARG UV_VERSION=0.13.8
+RUN pip install "uv==${UV_VERSION}"
+COPY pyproject.toml uv.lock README.md* ./
 COPY gates/ gates/
 COPY stream/ stream/
 COPY connectors/ connectors/
-RUN pip wheel --wheel-dir /wheels .
+# --frozen: the lock as committed, never re-resolved; the project's own dev extra is left out
+RUN uv export --frozen --no-emit-project --format requirements-txt -o /tmp/requirements.txt \
+ && pip wheel --require-hashes --wheel-dir /wheels -r /tmp/requirements.txt \
+ && pip wheel --no-deps --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="rollout-gate" \
@@ -45,10 +51,10 @@ RUN groupadd --system --gid 10001 rollout \
             --shell /usr/sbin/nologin rollout \
  && mkdir -p /var/lib/rollout-gate /etc/rollout-gate \
  && chown rollout:rollout /var/lib/rollout-gate
-# /wheels holds exactly the versions resolved in the build stage, so there is nothing to pin here.
+# /wheels holds exactly the locked versions built in the build stage, so there is nothing to pin here.
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels rollout-gate
+    pip install --no-index --find-links=/wheels /wheels/*.whl
 WORKDIR /var/lib/rollout-gate
 USER 10001:10001
 # 9108 worker metrics/health, 8080 router, 8090 verdict API.

@@ -339,7 +339,9 @@ def _fast_each(raw: bytes) -> list[Decoded] | None:
 
 def _fast_one(raw: bytes) -> Event | None:
     try:
-        return _union_decoder.decode(raw)  # type: ignore[no-any-return]
+        # bound to a typed name so that the result is `Event` whichever msgspec stubs are installed
+        ev: Event = _union_decoder.decode(raw)
+        return ev
     except msgspec.DecodeError:
         pass
     try:

@@ -111,3 +111,15 @@ def test_hadolint() -> None:
 @pytest.mark.parametrize("needle", ["--no-install-recommends", "rm -rf /var/lib/apt/lists/*"])
 def test_apt_hygiene(needle: str) -> None:
     assert needle in DOCKERFILE.read_text()
+
+
+def test_installs_the_locked_versions() -> None:
+    """The image installs what uv.lock pins, with pip checking the lock's hashes, never a fresh resolve."""
+    text = " ".join(rest for _, rest in _instructions())
+    copied = [rest for instr, rest in _instructions() if instr == "COPY" and "--from" not in rest]
+    assert any("uv.lock" in rest.split() for rest in copied)
+    assert "uv export --frozen" in text
+    assert "--require-hashes" in text
+    uv_pin = [rest for instr, rest in _instructions() if instr == "ARG" and rest.startswith("UV_VERSION=")]
+    setup = (ROOT / "scripts" / "setup").read_text()
+    assert uv_pin and f"UV_VERSION={uv_pin[0].split('=', 1)[1]}" in setup, "the image and scripts/setup pin one uv"
