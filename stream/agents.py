@@ -160,16 +160,30 @@ def handed_on(consumer: Any, topics: tuple[str, ...]) -> dict[tuple[str, int], i
 
 
 async def update_consumer_lag(w: Wiring) -> None:
+    """Set the consumer-lag gauge: the broker's log end now minus the next offset to process.
+
+    The log end is asked of the broker (ListOffsets) on every update. The highwater the consumer
+    caches is only as new as its last fetch response: while Faust holds fetched records or pauses
+    the partition, it stays behind the log, and then equals the position while newer messages wait.
+    The end is read before the position, so a lag of 0 means every message written before the
+    update was processed and counted.
+    """
     consumer = w.app.consumer
-    for tp in consumer.assignment():
-        if tp.topic not in (w.settings.events_topic, w.settings.commands_topic):
-            continue
+    tps = [tp for tp in consumer.assignment() if tp.topic in (w.settings.events_topic, w.settings.commands_topic)]
+    if not tps:
+        return
+    try:
+        ends = await consumer.highwaters(*tps)
+    except Exception as exc:  # lag is best effort: the consumer may be rebalancing; the next tick retries
+        log.debug("consumer lag: could not read the log end offsets: %r", exc)
+        return
+    for tp in tps:
+        end = ends.get(tp)
         try:
-            highwater = consumer.highwater(tp)
             position = w.processor.positions.get((tp.topic, tp.partition))
             if position is None:
                 position = await consumer.position(tp)
-        except Exception:  # lag is best effort: the consumer may be rebalancing
+        except Exception:
             continue
-        if highwater is not None and position is not None:
-            w.metrics.set_consumer_lag(tp.topic, tp.partition, highwater - position)
+        if end is not None and position is not None:
+            w.metrics.set_consumer_lag(tp.topic, tp.partition, end - position)
