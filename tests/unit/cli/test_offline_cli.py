@@ -14,7 +14,7 @@ from gates.sim import Injection, SimConfig, Traffic
 from stream import commands, offline, operator  # noqa: F401  (registers the commands)
 from stream.cli import app
 
-CONTRACT_FIELDS = {
+CONTRACT_FIELDS = {  # the decision fields of docs/event-contract.md (the original ones)
     "rollout_id", "seq", "ts", "action", "stage", "weight", "previous_weight",
     "baseline_digest", "canary_digest", "gates", "reason",
 }  # fmt: skip
