@@ -652,7 +652,7 @@ def test_the_dashboard_config_map_is_for_the_grafana_sidecar() -> None:
         (["api.enabled=true", "kafka.securityProtocol=SSL", "kafka.ssl.existingSecret=s", "kafka.ssl.certFile=tls.crt",
           "kafka.ssl.keyFile=tls.key"], "cannot join a cluster that requires mutual TLS"),
         (["dataDir.existingClaim=data", "replicaCount=2"], "dataDir.existingClaim"),
-        (["podDisruptionBudget.maxUnavailable=null"], "podDisruptionBudget"),
+        (["podDisruptionBudget.maxUnavailable=null"], "set podDisruptionBudget.maxUnavailable or minAvailable"),
         (["podDisruptionBudget.maxUnavailable=1x"], "maxUnavailable"),
         (["api.port=0"], "port"),
         (["topologySpreadConstraints[0].whenUnsatisfiable=Sometimes"], "whenUnsatisfiable"),
