@@ -1,4 +1,4 @@
-"""Decoding of the wire contract's events (docs: ../shared/docs/event-contract.md).
+"""Decoding of the wire contract's events (docs/event-contract.md).
 
 A message value is one JSON object or a JSON array of objects. A bad object never raises:
 it becomes a :class:`Rejection` with a reason, and the valid objects around it still count.

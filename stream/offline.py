@@ -76,7 +76,8 @@ def replay(
 ) -> None:
     """Fold an event log through the gate engine: decisions as JSONL on stdout, a summary on stderr.
 
-    The same input always gives the same output, and the same decisions as the live worker."""
+    The same input always gives the same output, and the same decisions as the live worker. Exits 1
+    when the log holds no valid event."""
     pol = _policy(policy)
     if events == "-":
         src: IO[bytes] = sys.stdin.buffer
@@ -100,6 +101,13 @@ def replay(
         err.print(f"  rejected {c:,}: {reason}")
     if len(rejections) > 10:
         err.print(f"  ... and {len(rejections) - 10} more reasons")
+    if n == 0:
+        # Nothing to judge: a wrong file, a truncated export, or another format. Say so, and exit
+        # non-zero so that a pipeline does not take "no decisions" for "all is well".
+        where = "standard input" if events == "-" else events
+        what = f"all {rej:,} events were rejected" if rej else "it is empty"
+        raise fail(f"{where}: no valid event ({what}); expected JSONL, one event of the contract "
+                   "(docs/event-contract.md) per line", code=1)  # fmt: skip
 
 
 @app.command()
@@ -115,8 +123,13 @@ def simulate(
     plot: Path | None = typer.Option(None, "--plot", help="write a PNG of weight and gate ratios over time"),
     policy: Path | None = typer.Option(None, "--policy", "-p", help=POLICY_HELP),
     decisions_out: Path | None = typer.Option(None, "--decisions", help="also write the decisions as JSONL"),
+    events_out: Path | None = typer.Option(None, "--events", help="also write the simulated event log as JSONL "
+                                           "(the contract's events, as `replay` reads them)"),
 ) -> None:
-    """The rollout lesson's canary simulator, on the real engine, in a closed loop."""
+    """The rollout lesson's canary simulator, on the real engine, in a closed loop.
+
+    With --events, `rollout-gate replay` of that file gives the same decisions as the simulation
+    (it prints the command, with the policy to pass)."""
     from gates.engine import Engine
     from gates.sim import SimConfig, parse_injections, run
     from stream.report import print_run, write_plot
@@ -134,6 +147,12 @@ def simulate(
         pol = PolicySet.model_validate({**pol.model_dump(), "defaults": {**pol.defaults.model_dump(),
                                         "shadow": {**pol.defaults.shadow.model_dump(), "enabled": True}}})  # fmt: skip
     cfg = SimConfig(rps=rps, seed=seed, noise=noise, max_seconds=hours * 3600, shadow=shadow)
+    replay_policy = policy
+    if events_out is not None and shadow:
+        # --shadow changed the policy: replay needs that policy, so it goes next to the events
+        replay_policy = events_out.with_name(events_out.stem + ".policy.yaml")
+        if replay_policy == events_out:
+            raise fail(f"--events {events_out}: name the event log *.jsonl")
     console = Console() if sys.stdout.isatty() else Console(width=150)
     console.print(f"Simulating a rollout at {rps:g} req/s, noise ±{noise:.0%}, seed {seed}; candidate change: "
                   f"[bold]{inj.describe()}[/bold]")  # fmt: skip
@@ -147,15 +166,68 @@ def simulate(
                 prog.update(task, completed=t, t=f"{t / 60:.0f} min")
                 last[0] = t
 
-        result = run(Engine(pol), cfg, inj, progress=tick)
+        try:
+            log = events_out.open("wb") if events_out is not None else None
+        except OSError as exc:
+            raise fail(f"--events {events_out}: {exc.strerror or exc}") from None
+        try:
+            judge = RecordingJudge(Engine(pol), log)
+            result = run(judge, cfg, inj, progress=tick)
+        finally:
+            if log is not None:
+                log.close()
     print_run(console, result, cfg)
     if decisions_out is not None:
         with decisions_out.open("wb") as f:
             for d in result.decisions:
                 f.write(d.to_json() + b"\n")
+    if events_out is not None:
+        if shadow and replay_policy is not None:
+            import yaml
+
+            replay_policy.write_text(yaml.safe_dump(pol.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+        hint = f" --policy {replay_policy}" if replay_policy is not None else ""
+        console.print(f"{judge.events_written:,} events written to {events_out}; replay them to the same "
+                      f"decisions with:\n  rollout-gate replay {events_out}{hint}", markup=False, highlight=False,
+                      soft_wrap=True)  # fmt: skip
     if plot is not None:
-        write_plot(result, plot, title=f"candidate change: {inj.describe()}")
+        write_plot(result, plot, title=f"candidate change: {inj.describe()}", history=judge.history,
+                   start_ts=cfg.start_ts, policy=pol.for_rollout(cfg.rollout_id))  # fmt: skip
         console.print(f"plot written to {plot}")
+
+
+class RecordingJudge:
+    """The engine as the simulator's judge, keeping what `simulate` reports besides decisions: the
+    events it was fed (written as contract JSONL to ``log``, for `replay`) and each gate's result
+    over time (from the simulator's status looks and from every decision, for the plot).
+
+    It only forwards: the engine sees the same calls as without it, so the decisions are the same."""
+
+    def __init__(self, engine, log: IO[bytes] | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.engine = engine
+        self.log = log
+        self.events_written = 0
+        # (event time, canary weight, the gates' results), in event-time order
+        self.history: list[tuple[float, float, list]] = []  # type: ignore[type-arg]
+
+    def ingest(self, events):  # type: ignore[no-untyped-def]
+        from gates.events import encode_event
+
+        if self.log is not None and events:
+            self.log.write(b"\n".join(map(encode_event, events)) + b"\n")
+            self.events_written += len(events)
+        decisions = self.engine.ingest(events)
+        for d in decisions:
+            self.history.append((d.ts, d.weight, list(d.gates)))
+        return decisions
+
+    def status(self, rollout_id: str):  # type: ignore[no-untyped-def]
+        st = self.engine.status(rollout_id)
+        # the gates of the latest evaluation tick, at most one tick before the watermark
+        last = self.history[-1] if self.history else None
+        if st.gates and (last is None or (st.watermark >= last[0] and st.gates != last[2])):
+            self.history.append((st.watermark, st.weight, list(st.gates)))
+        return st
 
 
 @app.command()

@@ -18,6 +18,7 @@ from tests.deploy.conftest import (
     CHART,
     KUBE_VERSION,
     PROM_DIR,
+    ROOT,
     load_yaml,
     load_yaml_docs,
     load_yaml_text,
@@ -36,8 +37,15 @@ TEMPLATES = {
     "serviceaccount.yaml",
     "servicemonitor.yaml",
     "prometheusrule.yaml",
+    "api-deployment.yaml",
+    "api-service.yaml",
+    "poddisruptionbudget.yaml",
+    "networkpolicy.yaml",
+    "dashboard-configmap.yaml",
     "NOTES.txt",
 }
+# Read by the operator-command authentication (worker and API), not by the worker's Settings model.
+AUTH_ENV = {"ROLLOUT_GATE_COMMAND_HMAC_KEY", "ROLLOUT_GATE_API_TOKEN"}
 
 
 # -- without helm ---------------------------------------------------------------------------------
@@ -112,8 +120,8 @@ def _helm() -> str:
 
 
 @cache
-def _render(values_name: str, *sets: str) -> list[dict[str, Any]]:
-    argv = [_helm(), "template", "rg", str(CHART), "--namespace", "rollouts", "--kube-version", KUBE_VERSION]
+def _render(values_name: str, *sets: str, release: str = "rg", namespace: str = "rollouts") -> list[dict[str, Any]]:
+    argv = [_helm(), "template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
     if values_name:
         argv += ["-f", str(CHART / "ci" / values_name)]
     for s in sets:
@@ -131,8 +139,22 @@ def _kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (container,) = _kinds(docs)["Deployment"]["spec"]["template"]["spec"]["containers"]
+def _component(doc: dict[str, Any]) -> str:
+    return str(doc["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+def _objects(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    """The objects of one kind by component (worker, api, ...); at most one each."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        if d["kind"] == kind:
+            assert _component(d) not in out, f"two {kind} objects for {_component(d)}"
+            out[_component(d)] = d
+    return out
+
+
+def _container(docs: list[dict[str, Any]], component: str = "worker") -> dict[str, Any]:
+    (container,) = _objects(docs, "Deployment")[component]["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -160,7 +182,7 @@ def test_worker_container(values: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert c["startupProbe"]["httpGet"]["port"] == "metrics"
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    pod = _kinds(docs)["Deployment"]["spec"]["template"]["spec"]
+    pod = _objects(docs, "Deployment")["worker"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
@@ -174,12 +196,14 @@ def test_worker_container(values: Path, monkeypatch: pytest.MonkeyPatch) -> None
         assert "secretKeyRef" in env["ROLLOUT_GATE_KAFKA_SASL_PASSWORD"]
     plain = {k: v for k, v in env.items() if isinstance(v, str)}
     plain.update({k: "from-a-secret" for k, v in env.items() if not isinstance(v, str)})
-    assert_valid_settings(plain, monkeypatch, where=f"chart with {values.name}")
+    assert "ROLLOUT_GATE_API_TOKEN" not in env, "the worker has no use for the API's token"
+    assert_valid_settings({k: v for k, v in plain.items() if k not in AUTH_ENV}, monkeypatch,
+                          where=f"chart with {values.name}")  # fmt: skip
 
 
 def test_default_render() -> None:
     kinds = _kinds(_render("default-values.yaml"))
-    assert set(kinds) == {"ServiceAccount", "ConfigMap", "Service", "Deployment"}
+    assert set(kinds) == {"ServiceAccount", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy"}
     deployment = kinds["Deployment"]
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
@@ -315,3 +339,362 @@ def test_prometheus_rule_passes_promtool(tmp_path: Path) -> None:
 def test_load_yaml_text_is_strict() -> None:
     with pytest.raises(yaml.YAMLError):
         load_yaml_text("a: 1\na: 2\n")
+
+
+# -- the whole service: verdict API, disruption budgets, network policies, spread, dashboard, auth ----
+
+ALL = "all-enabled-values.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "rollout-gate.json"
+
+
+def _pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
+    return dict(deployment["spec"]["template"]["metadata"]["labels"])
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_values_keys_and_schema_keys_are_the_same() -> None:
+    """Every top-level value has a schema entry and the schema admits no other: a misspelt key fails."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["additionalProperties"] is False
+    assert set(load_yaml(CHART / "values.yaml")) == set(schema["properties"])
+    for key in ("api", "podDisruptionBudget", "networkPolicy", "grafanaDashboard", "auth", "kafka", "topics", "metrics"):
+        assert schema["properties"][key]["additionalProperties"] is False, key
+
+
+@pytest.mark.parametrize(
+    ("sets", "unknown"),
+    [
+        (["podDisruptionBuget.enabled=true"], "'podDisruptionBuget' not allowed"),
+        (["podDisruptionBudget.enable=true"], "'enable' not allowed"),
+        (["api.enable=true"], "'enable' not allowed"),
+        (["networkPolicy.egress.kafak.ports={9092}"], "'kafak' not allowed"),
+        (["grafanaDashboard.label.grafana_dashboard=1"], "'label' not allowed"),
+        (["auth.apiToken=abc"], "'apiToken' not allowed"),
+        (["replicas=2"], "'replicas' not allowed"),
+    ],
+)
+def test_the_schema_rejects_unknown_keys(sets: list[str], unknown: str) -> None:
+    argv = [_helm(), "template", "rg", str(CHART), "--kube-version", KUBE_VERSION]
+    for s in sets:
+        argv += ["--set", s]
+    result = run(argv)
+    assert result.returncode != 0, f"rendered although {sets}"
+    assert "additional properties" in result.stderr and unknown in result.stderr, result.stderr
+    jsonschema = pytest.importorskip("jsonschema")
+    # the same answer without helm: the schema itself, on values.yaml plus the typo
+    key, _, value = sets[0].partition("=")
+    patch: dict[str, Any] = {}
+    node = patch
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(_merge(load_yaml(CHART / "values.yaml"), patch), schema)
+
+
+def test_all_enabled_renders_every_part() -> None:
+    docs = _render(ALL)
+    kinds = sorted((d["kind"], _component(d)) for d in docs)
+    assert kinds == sorted([
+        ("ServiceAccount", "worker"), ("ConfigMap", "worker"), ("ConfigMap", "dashboard"),
+        ("Deployment", "worker"), ("Deployment", "api"), ("Service", "worker"), ("Service", "api"),
+        ("PodDisruptionBudget", "worker"), ("PodDisruptionBudget", "api"),
+        ("NetworkPolicy", "worker"), ("NetworkPolicy", "api"), ("ServiceMonitor", "worker"),
+        ("PrometheusRule", "worker"),
+    ])  # fmt: skip
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    assert len(set(names)) == len(names)
+
+
+def test_the_api_serves_the_urls_of_the_argo_and_flagger_examples() -> None:
+    """Installed as the examples assume (release rollout-gate, namespace rollout-gate), the API's
+    Service is at the host and port that deploy/argo and deploy/flagger call, on paths it routes."""
+    from urllib.parse import urlsplit
+
+    docs = _render("", "api.enabled=true", release="rollout-gate", namespace="rollout-gate")
+    service = _objects(docs, "Service")["api"]
+    deployment = _objects(docs, "Deployment")["api"]
+    host = f"{service['metadata']['name']}.rollout-gate.svc.cluster.local"
+    (port,) = service["spec"]["ports"]
+    assert _selects(service["spec"]["selector"], _pod_labels(deployment))
+    assert not _selects(service["spec"]["selector"], _pod_labels(_objects(docs, "Deployment")["worker"]))
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    (cport,) = container["ports"]
+    assert port["targetPort"] == cport["name"] and port["port"] == cport["containerPort"]
+    # the container runs `rollout-gate api` (the image's entrypoint is rollout-gate) on that port
+    assert container["args"][:3] == ["api", "--port", str(cport["containerPort"])]
+    assert 'ENTRYPOINT ["rollout-gate"]' in (ROOT / "Dockerfile").read_text()
+
+    urls: list[tuple[str, str]] = []  # (method, url)
+    for template in load_yaml_docs((ROOT / "deploy" / "argo" / "analysis-template.yaml").read_text()):
+        api = next(a["value"] for a in template["spec"]["args"] if a["name"] == "api")
+        for metric in template["spec"]["metrics"]:
+            url = metric["provider"]["web"]["url"].replace("{{args.api}}", api)
+            urls.append(("GET", url))
+    canary = load_yaml(ROOT / "deploy" / "flagger" / "canary.yaml")
+    urls += [("POST", w["url"]) for w in canary["spec"]["analysis"]["webhooks"]]
+    assert len(urls) == 5
+    from connectors.api import RolloutAPI
+
+    class NoViews:
+        def state(self, rollout_id: str) -> None:
+            return None
+
+        def rollouts(self) -> dict[str, Any]:
+            return {}
+
+    routes = {(r.method, r.resource.canonical) for r in RolloutAPI(NoViews()).app().router.routes()  # type: ignore[arg-type]
+              if r.resource is not None}  # fmt: skip
+    for method, url in urls:
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port) == (host, port["port"]), url
+        path = parts.path.replace("{{args.rollout-id}}", "{id}")
+        assert (method, path) in routes, f"{method} {path} is not served by connectors/api.py"
+
+
+def test_the_api_container_reads_kafka_and_its_token_from_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    docs = _render(ALL)
+    c = _container(docs, "api")
+    env = _env(c)
+    assert c["args"] == ["api", "--port", "8090", "--decisions-topic", "rollout.decisions",
+                         "--commands-topic", "rollout.commands"]  # fmt: skip
+    assert env["ROLLOUT_GATE_API_TOKEN"] == {"secretKeyRef": {"name": "rollout-gate-auth", "key": "api-token"}}
+    assert env["ROLLOUT_GATE_KAFKA_SASL_PASSWORD"] == {
+        "secretKeyRef": {"name": "rollout-gate-kafka-credentials", "key": "scram-password"}
+    }
+    # the CA is mounted where the variable says
+    cafile = Path(env["ROLLOUT_GATE_KAFKA_SSL_CAFILE"])
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in _objects(docs, "Deployment")["api"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts[str(cafile.parent)]["name"]]["secret"]["secretName"] == "kafka-cluster-ca"
+    # every plain ROLLOUT_GATE_KAFKA_* value is one the API's client accepts
+    from connectors.config import KafkaConfig
+
+    for key in list(__import__("os").environ):
+        if key.startswith("ROLLOUT_GATE_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("ROLLOUT_GATE_KAFKA_"):
+            monkeypatch.setenv(key, value if isinstance(value, str) else "from-a-secret")
+    kafka = KafkaConfig.from_env()
+    assert kafka.security_protocol == "SASL_SSL" and kafka.sasl_mechanism == "SCRAM-SHA-512"
+    assert kafka.bootstrap_servers == "kafka-0.kafka.data:9093,kafka-1.kafka.data:9093,kafka-lb.data:9443"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def test_the_command_hmac_key_goes_to_worker_and_api_from_the_secret() -> None:
+    docs = _render(ALL)
+    ref = {"secretKeyRef": {"name": "rollout-gate-auth", "key": "command-hmac-key"}}
+    assert _env(_container(docs, "worker"))["ROLLOUT_GATE_COMMAND_HMAC_KEY"] == ref
+    assert _env(_container(docs, "api"))["ROLLOUT_GATE_COMMAND_HMAC_KEY"] == ref
+    assert "Secret" not in {d["kind"] for d in docs}, "the chart references the auth Secret, never creates it"
+    # without a Secret, no variable; a key name left empty leaves its variable out
+    plain = _render("", "api.enabled=true")
+    for component in ("worker", "api"):
+        assert not AUTH_ENV & set(_env(_container(plain, component)))
+    token_only = _render("", "api.enabled=true", "auth.existingSecret=s", "auth.commandHmacKeyKey=")
+    assert set(_env(_container(token_only, "api"))) & AUTH_ENV == {"ROLLOUT_GATE_API_TOKEN"}
+    assert not AUTH_ENV & set(_env(_container(token_only, "worker")))
+
+
+@pytest.mark.parametrize("values", [*CI_VALUES, "api"], ids=lambda p: getattr(p, "name", p))
+def test_pods_run_unprivileged_on_a_read_only_root(values: Path | str) -> None:
+    docs = _render("", "api.enabled=true") if values == "api" else _render(values.name)  # type: ignore[union-attr]
+    deployments = _objects(docs, "Deployment")
+    for component, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] != 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, component
+            assert sc["allowPrivilegeEscalation"] is False, component
+            assert sc["capabilities"] == {"drop": ["ALL"]}, component
+            assert "privileged" not in sc or sc["privileged"] is False
+            # whatever is writable is a volume of its own: an emptyDir or a claim
+            for m in c["volumeMounts"]:
+                v = volumes[m["name"]]
+                if not m.get("readOnly"):
+                    assert "emptyDir" in v or "persistentVolumeClaim" in v, (component, m)
+            assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}
+
+
+def test_the_data_dir_can_be_an_existing_claim() -> None:
+    docs = _render(ALL)
+    c = _container(docs)
+    pod = _objects(docs, "Deployment")["worker"]["spec"]["template"]["spec"]
+    data = next(m for m in c["volumeMounts"] if m["mountPath"] == _env(c)["ROLLOUT_GATE_DATA_DIR"])
+    volume = next(v for v in pod["volumes"] if v["name"] == data["name"])
+    assert volume == {"name": data["name"], "persistentVolumeClaim": {"claimName": "rollout-gate-data"}}
+    default = _render("default-values.yaml")
+    pod = _objects(default, "Deployment")["worker"]["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == data["name"])["emptyDir"] == {"sizeLimit": "2Gi"}
+
+
+@pytest.mark.parametrize(("values", "sets"), [("default-values.yaml", ()), (ALL, ())], ids=["default", "all"])
+def test_each_component_has_a_disruption_budget_for_its_own_pods(values: str, sets: tuple[str, ...]) -> None:
+    docs = _render(values, *sets)
+    budgets, deployments = _objects(docs, "PodDisruptionBudget"), _objects(docs, "Deployment")
+    assert set(budgets) == set(deployments)
+    for component, budget in budgets.items():
+        selector = budget["spec"]["selector"]["matchLabels"]
+        assert _selects(selector, _pod_labels(deployments[component]))
+        others = [d for c, d in deployments.items() if c != component]
+        assert not any(_selects(selector, _pod_labels(d)) for d in others)
+        if values == ALL:
+            assert budget["spec"] == {"minAvailable": 1, "selector": budget["spec"]["selector"]}
+        else:
+            assert budget["spec"] == {"maxUnavailable": 1, "selector": budget["spec"]["selector"]}
+    assert "PodDisruptionBudget" not in {d["kind"] for d in _render("", "podDisruptionBudget.enabled=false")}
+    percent = _objects(_render("", "podDisruptionBudget.maxUnavailable=50%"), "PodDisruptionBudget")["worker"]
+    assert percent["spec"]["maxUnavailable"] == "50%"
+
+
+def _ports(rule: dict[str, Any]) -> list[tuple[int, str]]:
+    return sorted((p["port"], p["protocol"]) for p in rule["ports"])
+
+
+def test_network_policies_admit_only_the_service_ports_and_reach_only_kafka_and_dns() -> None:
+    docs = _render("default-values.yaml", "api.enabled=true")
+    policies, deployments = _objects(docs, "NetworkPolicy"), _objects(docs, "Deployment")
+    assert set(policies) == {"worker", "api"}
+    for component, policy in policies.items():
+        spec = policy["spec"]
+        pods = _pod_labels(deployments[component])
+        assert _selects(spec["podSelector"]["matchLabels"], pods)
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        (container,) = deployments[component]["spec"]["template"]["spec"]["containers"]
+        (ingress,) = spec["ingress"]
+        assert _ports(ingress) == [(p["containerPort"], "TCP") for p in container["ports"]]
+        assert "from" not in ingress, "default: from anywhere, but to this port only"
+        kafka, dns = spec["egress"]
+        assert _ports(kafka) == [(9092, "TCP")], "the port of kafka.bootstrap (kafka:9092)"
+        assert _ports(dns) == [(53, "TCP"), (53, "UDP")]
+        assert "to" not in kafka and "to" not in dns
+    assert "NetworkPolicy" not in {d["kind"] for d in _render("", "networkPolicy.enabled=false")}
+
+
+def test_network_policy_peers_ports_and_extra_rules_are_configurable() -> None:
+    docs = _render(ALL)
+    values = load_yaml(CHART / "ci" / ALL)["networkPolicy"]
+    policies = _objects(docs, "NetworkPolicy")
+    assert policies["worker"]["spec"]["ingress"][0]["from"] == values["ingress"]["metrics"]
+    assert policies["api"]["spec"]["ingress"][0]["from"] == values["ingress"]["api"]
+    for policy in policies.values():
+        kafka, dns, extra = policy["spec"]["egress"]
+        # the distinct ports of kafka.bootstrap, in order
+        assert [p["port"] for p in kafka["ports"]] == [9093, 9443]
+        assert kafka["to"] == values["egress"]["kafka"]["to"]
+        assert dns["to"] == values["egress"]["dns"]["to"]
+        assert extra == values["extraEgress"][0]
+    named = _render("", "networkPolicy.egress.kafka.ports={9094,9095}")
+    kafka = _objects(named, "NetworkPolicy")["worker"]["spec"]["egress"][0]
+    assert _ports(kafka) == [(9094, "TCP"), (9095, "TCP")]
+
+
+def test_pods_spread_over_zones_and_nodes_with_their_own_selector() -> None:
+    for docs in (_render("default-values.yaml", "api.enabled=true"), _render(ALL)):
+        deployments = _objects(docs, "Deployment")
+        for deployment in deployments.values():
+            constraints = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+            keys = [c["topologyKey"] for c in constraints]
+            assert keys == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+            for c in constraints:
+                assert _selects(c["labelSelector"]["matchLabels"], _pod_labels(deployment))
+    # the chart fills in each component's own selector; one given in the values is kept
+    default = _objects(_render("default-values.yaml", "api.enabled=true"), "Deployment")
+    for component in ("worker", "api"):
+        for c in default[component]["spec"]["template"]["spec"]["topologySpreadConstraints"]:
+            assert c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == component
+            assert c["whenUnsatisfiable"] == "ScheduleAnyway"
+    given = _objects(_render(ALL), "Deployment")["api"]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert given[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
+    assert given[1]["labelSelector"] == {"matchLabels": {"app.kubernetes.io/part-of": "rollout-gate"}}
+    assert given[0]["whenUnsatisfiable"] == "DoNotSchedule"
+
+
+def test_chart_ships_the_same_dashboard() -> None:
+    assert (CHART / "files" / "dashboard.json").read_bytes() == DASHBOARD.read_bytes(), (
+        "helm/rollout-gate/files/dashboard.json differs from deploy/grafana/rollout-gate.json: "
+        "cp deploy/grafana/rollout-gate.json helm/rollout-gate/files/dashboard.json"
+    )
+
+
+def test_the_dashboard_config_map_is_for_the_grafana_sidecar() -> None:
+    assert "ConfigMap" not in {k for k, c in ((d["kind"], _component(d)) for d in _render("default-values.yaml"))
+                               if c == "dashboard"}  # fmt: skip
+    cm = _objects(_render(ALL), "ConfigMap")["dashboard"]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "rollout-gate"}
+    assert cm["metadata"]["namespace"] == "monitoring"
+    (key,) = cm["data"]
+    assert key.endswith(".json")
+    assert cm["data"][key] == DASHBOARD.read_text(encoding="utf-8").rstrip("\n")
+    assert json.loads(cm["data"][key]) == json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    other = _objects(_render("", "grafanaDashboard.enabled=true", "grafanaDashboard.labels.grafana_dashboard=yes"),
+                     "ConfigMap")["dashboard"]  # fmt: skip
+    assert other["metadata"]["labels"]["grafana_dashboard"] == "yes"
+    assert "namespace" not in other["metadata"], "the release's namespace unless told otherwise"
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["api.enabled=true", "kafka.securityProtocol=SSL", "kafka.ssl.existingSecret=s", "kafka.ssl.certFile=tls.crt",
+          "kafka.ssl.keyFile=tls.key"], "cannot join a cluster that requires mutual TLS"),
+        (["dataDir.existingClaim=data", "replicaCount=2"], "dataDir.existingClaim"),
+        (["podDisruptionBudget.maxUnavailable=null"], "set podDisruptionBudget.maxUnavailable or minAvailable"),
+        (["podDisruptionBudget.maxUnavailable=1x"], "maxUnavailable"),
+        (["api.port=0"], "port"),
+        (["topologySpreadConstraints[0].whenUnsatisfiable=Sometimes"], "whenUnsatisfiable"),
+    ],
+)  # fmt: skip
+def test_bad_service_values_fail_with_a_clear_message(sets: list[str], message: str) -> None:
+    argv = [_helm(), "template", "rg", str(CHART), "--kube-version", KUBE_VERSION]
+    for s in sets:
+        argv += ["--set", s]
+    result = run(argv)
+    assert result.returncode != 0, f"rendered although {sets}"
+    assert message in result.stderr, result.stderr
+
+
+def _notes(tmp_path: Path, *sets: str, release: str = "rg", namespace: str = "rollouts") -> str:
+    """NOTES.txt as `helm install` prints it (`helm template` skips it): rendered with tpl from a copy
+    of the chart whose one extra template holds it in a ConfigMap."""
+    import shutil
+
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    (chart / "notes.txt").write_text((CHART / "templates" / "NOTES.txt").read_text())
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n"
+        '  notes: |\n    {{- tpl (.Files.Get "notes.txt") . | nindent 4 }}\n'
+    )
+    argv = [_helm(), "template", release, str(chart), "-n", namespace, "--kube-version", KUBE_VERSION,
+            "--show-only", "templates/zz-notes.yaml"]  # fmt: skip
+    for s in sets:
+        argv += ["--set", s]
+    result = run(argv)
+    assert result.returncode == 0, result.stderr
+    return str(load_yaml_text(result.stdout)["data"]["notes"])
+
+
+def test_notes_give_the_api_address_and_say_when_the_examples_need_another(tmp_path: Path) -> None:
+    assert "verdict API" not in _notes(tmp_path / "off")
+    matching = _notes(tmp_path / "match", "api.enabled=true", "auth.existingSecret=s",
+                      release="rollout-gate", namespace="rollout-gate")  # fmt: skip
+    assert "http://rollout-gate-api.rollout-gate.svc.cluster.local:8090" in matching
+    assert "NOTE: deploy/argo" not in matching and "no API token" not in matching
+    other = _notes(tmp_path / "other", "api.enabled=true")
+    assert "http://rg-rollout-gate-api.rollouts.svc.cluster.local:8090" in other
+    assert "NOTE: deploy/argo and deploy/flagger use" in other
+    assert "the API refuses operator commands" in other

@@ -21,18 +21,37 @@
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* Selector labels of one component: (list $ "worker") or (list $ "api"). */}}
+{{- define "rollout-gate.componentSelectorLabels" -}}
+{{- $ := index . 0 -}}
+app.kubernetes.io/name: {{ include "rollout-gate.name" $ }}
+app.kubernetes.io/instance: {{ $.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "rollout-gate.componentLabels" -}}
+{{- $ := index . 0 -}}
+helm.sh/chart: {{ include "rollout-gate.chart" $ }}
+{{ include "rollout-gate.componentSelectorLabels" . }}
+app.kubernetes.io/version: {{ $.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $.Release.Service }}
+app.kubernetes.io/part-of: rollout-gate
+{{- end }}
+
+{{/* The worker's (and the release's shared objects') labels. */}}
 {{- define "rollout-gate.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "rollout-gate.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: worker
+{{ include "rollout-gate.componentSelectorLabels" (list . "worker") }}
 {{- end }}
 
 {{- define "rollout-gate.labels" -}}
-helm.sh/chart: {{ include "rollout-gate.chart" . }}
-{{ include "rollout-gate.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/part-of: rollout-gate
+{{ include "rollout-gate.componentLabels" (list . "worker") }}
+{{- end }}
+
+{{/* The verdict API's Deployment and Service: <fullname>-api, so that a release named rollout-gate
+in namespace rollout-gate serves http://rollout-gate-api.rollout-gate.svc.cluster.local:8090, the URL
+deploy/argo and deploy/flagger use. */}}
+{{- define "rollout-gate.apiFullname" -}}
+{{- printf "%s-api" (include "rollout-gate.fullname" . | trunc 59 | trimSuffix "-") }}
 {{- end }}
 
 {{- define "rollout-gate.serviceAccountName" -}}
@@ -81,6 +100,101 @@ app.kubernetes.io/part-of: rollout-gate
 {{- end }}
 {{- end }}
 
+{{- define "rollout-gate.tlsDir" -}}/etc/rollout-gate/kafka-tls{{- end }}
+
+{{- define "rollout-gate.mountsTls" -}}
+{{- if and (include "rollout-gate.usesTls" .) .Values.kafka.ssl.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* The Kafka connection as ROLLOUT_GATE_KAFKA_* variables: (list $ "worker") or (list $ "api"). The
+API's client (connectors/config.py) reads the CA but no client certificate. */}}
+{{- define "rollout-gate.kafkaEnv" -}}
+{{- $ := index . 0 }}
+{{- $component := index . 1 }}
+{{- $tlsDir := include "rollout-gate.tlsDir" $ -}}
+- name: ROLLOUT_GATE_KAFKA_BOOTSTRAP
+  value: {{ $.Values.kafka.bootstrap | quote }}
+- name: ROLLOUT_GATE_KAFKA_SECURITY_PROTOCOL
+  value: {{ $.Values.kafka.securityProtocol | quote }}
+{{- if include "rollout-gate.usesSasl" $ }}
+- name: ROLLOUT_GATE_KAFKA_SASL_MECHANISM
+  value: {{ $.Values.kafka.sasl.mechanism | quote }}
+- name: ROLLOUT_GATE_KAFKA_SASL_USERNAME
+  value: {{ $.Values.kafka.sasl.username | quote }}
+- name: ROLLOUT_GATE_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "rollout-gate.saslSecretName" $ }}
+      key: {{ include "rollout-gate.saslSecretKey" $ }}
+{{- end }}
+{{- if include "rollout-gate.mountsTls" $ }}
+{{- with $.Values.kafka.ssl.caFile }}
+- name: ROLLOUT_GATE_KAFKA_SSL_CAFILE
+  value: {{ printf "%s/%s" $tlsDir . | quote }}
+{{- end }}
+{{- if eq $component "worker" }}
+{{- with $.Values.kafka.ssl.certFile }}
+- name: ROLLOUT_GATE_KAFKA_SSL_CERTFILE
+  value: {{ printf "%s/%s" $tlsDir . | quote }}
+{{- end }}
+{{- with $.Values.kafka.ssl.keyFile }}
+- name: ROLLOUT_GATE_KAFKA_SSL_KEYFILE
+  value: {{ printf "%s/%s" $tlsDir . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Operator-command authentication from auth.existingSecret: the HMAC key that signs (API) and
+verifies (worker) operator commands, and the API's bearer token. (list $ "worker"|"api") */}}
+{{- define "rollout-gate.authEnv" -}}
+{{- $ := index . 0 }}
+{{- $component := index . 1 }}
+{{- with $.Values.auth.existingSecret }}
+{{- if $.Values.auth.commandHmacKeyKey }}
+- name: ROLLOUT_GATE_COMMAND_HMAC_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.auth.commandHmacKeyKey }}
+{{- end }}
+{{- if and (eq $component "api") $.Values.auth.apiTokenKey }}
+- name: ROLLOUT_GATE_API_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.auth.apiTokenKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* topologySpreadConstraints for one component, each with that component's labelSelector unless
+it names its own. (list $ "worker"|"api") */}}
+{{- define "rollout-gate.topologySpread" -}}
+{{- $ := index . 0 }}
+{{- $selector := include "rollout-gate.componentSelectorLabels" . | fromYaml }}
+{{- range $.Values.topologySpreadConstraints }}
+{{- $c := deepCopy . }}
+{{- if not (hasKey $c "labelSelector") }}
+{{- $_ := set $c "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+- {{ toYaml $c | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{/* The ports of kafka.bootstrap, unless networkPolicy.egress.kafka.ports names them: a JSON list. */}}
+{{- define "rollout-gate.kafkaPorts" -}}
+{{- $ports := list }}
+{{- if .Values.networkPolicy.egress.kafka.ports }}
+{{- $ports = .Values.networkPolicy.egress.kafka.ports }}
+{{- else }}
+{{- range splitList "," .Values.kafka.bootstrap }}
+{{- $ports = append $ports (regexFind "[0-9]+$" (trim .) | atoi) }}
+{{- end }}
+{{- end }}
+{{- toJson (uniq $ports) }}
+{{- end }}
+
 {{/* Settings that cannot be expressed in values.schema.json; fails the render with a clear message. */}}
 {{- define "rollout-gate.validate" -}}
 {{- if include "rollout-gate.usesSasl" . }}
@@ -99,5 +213,14 @@ app.kubernetes.io/part-of: rollout-gate
 {{- end }}
 {{- if and (or .Values.kafka.ssl.certFile .Values.kafka.ssl.keyFile) (not .Values.kafka.ssl.existingSecret) }}
 {{- fail "kafka.ssl.certFile/keyFile name keys of kafka.ssl.existingSecret, which is not set" }}
+{{- end }}
+{{- if and .Values.api.enabled (include "rollout-gate.usesTls" .) .Values.kafka.ssl.certFile }}
+{{- fail "api.enabled: the verdict API's Kafka client reads a CA (kafka.ssl.caFile) but no client certificate, so it cannot join a cluster that requires mutual TLS (kafka.ssl.certFile)" }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) }}
+{{- fail "podDisruptionBudget.enabled: set podDisruptionBudget.maxUnavailable or minAvailable" }}
+{{- end }}
+{{- if and .Values.dataDir.existingClaim (gt (int .Values.replicaCount) 1) }}
+{{- fail "dataDir.existingClaim: one volume cannot hold the data directories of several workers; keep replicaCount 1 or use the emptyDir (state is rebuilt from Kafka)" }}
 {{- end }}
 {{- end }}

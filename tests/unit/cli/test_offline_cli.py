@@ -14,7 +14,7 @@ from gates.sim import Injection, SimConfig, Traffic
 from stream import commands, offline, operator  # noqa: F401  (registers the commands)
 from stream.cli import app
 
-CONTRACT_FIELDS = {
+CONTRACT_FIELDS = {  # the decision fields of docs/event-contract.md (the original ones)
     "rollout_id", "seq", "ts", "action", "stage", "weight", "previous_weight",
     "baseline_digest", "canary_digest", "gates", "reason",
 }  # fmt: skip
@@ -127,3 +127,74 @@ def test_plan_steps_get_shorter_with_more_traffic() -> None:
     slow = seconds_to_resolve(m, 0.18, 1.0, 10.0, p, 0.2)
     fast = seconds_to_resolve(m, 0.18, 1.0, 1000.0, p, 0.2)
     assert fast < slow
+
+
+# ---- simulate --events: the run's event log, replayed to the same decisions -----------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--inject", "cost=+25%"], ["--inject", "refusal=x3", "--shadow", "--rps", "60", "--seed", "3"]],
+    ids=["cost", "shadow-refusal"],
+)
+def test_simulate_events_replay_to_byte_identical_decisions(tmp_path: Path, args: list[str]) -> None:
+    events, decisions = tmp_path / "run.jsonl", tmp_path / "decisions.jsonl"
+    sim = runner.invoke(app, ["simulate", *args, "--events", str(events), "--decisions", str(decisions)])
+    assert sim.exit_code == 0, sim.output
+    assert "HALTED" in sim.stdout
+    sim_decisions = decisions.read_bytes()
+    last = orjson.loads(sim_decisions.splitlines()[-1])
+    assert last["action"] == "halt"
+    # the log is the contract's JSONL: every line one event with its type
+    with events.open("rb") as f:
+        first = orjson.loads(f.readline())
+    assert first["type"] in ("inference", "feedback") and first["rollout_id"] == "sim"
+    # simulate prints the replay command, with the policy file --shadow needs
+    hint = sim.stdout[sim.stdout.index("rollout-gate replay "):].split()
+    replay_args = hint[2:]
+    assert replay_args[0] == str(events)
+    if "--shadow" in args:
+        assert replay_args[1:] == ["--policy", str(tmp_path / "run.policy.yaml")]
+        from gates.policy import load_policy
+
+        assert load_policy(tmp_path / "run.policy.yaml").defaults.shadow.enabled
+        assert last["previous_weight"] == 0 and "shadow" in last["reason"], "halted in the shadow stage"
+    else:
+        assert replay_args[1:] == []
+        assert last["previous_weight"] == 1
+    rep = runner.invoke(app, ["replay", *replay_args])
+    assert rep.exit_code == 0, rep.output
+    assert rep.stdout_bytes == sim_decisions
+    assert "rejected: 0" in rep.stderr
+
+
+def test_simulate_events_to_an_unwritable_path_is_a_clear_error(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["simulate", "--events", str(tmp_path / "no-such-dir" / "run.jsonl")])
+    assert res.exit_code == 2
+    assert "--events" in res.stderr and "no-such-dir" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [(b"", "it is empty"), (b"\n\n", "it is empty"),
+     (b'not json\n{"rollout_id": "chat-v7", "arm": "blue"}\n', "all 2 events were rejected")],
+    ids=["empty", "blank-lines", "all-invalid"],
+)  # fmt: skip
+def test_replay_without_a_valid_event_fails_clearly(tmp_path: Path, body: bytes, what: str) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(body)
+    res = runner.invoke(app, ["replay", str(path)])
+    assert res.exit_code == 1
+    assert res.stdout == ""
+    assert f"{path}: no valid event ({what})" in res.stderr
+    from_stdin = runner.invoke(app, ["replay", "-"], input=body)
+    assert from_stdin.exit_code == 1 and "standard input: no valid event" in from_stdin.stderr
+
+
+def test_replay_with_one_valid_event_among_bad_ones_succeeds(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    good = encode_event(next(e for e in Traffic(SimConfig(rps=50), Injection()).tick(SimConfig().start_ts, 10.0)))
+    path.write_bytes(b"not json\n" + good + b"\n")
+    res = runner.invoke(app, ["replay", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "events: 1  rejected: 1" in res.stderr

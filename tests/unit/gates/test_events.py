@@ -1,4 +1,4 @@
-"""The wire contract (shared/docs/event-contract.md) pinned: what is accepted, what is rejected and
+"""The wire contract (docs/event-contract.md) pinned: what is accepted, what is rejected and
 with which reason, and the field set of a decision."""
 
 from __future__ import annotations
