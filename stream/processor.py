@@ -108,6 +108,10 @@ class Processor:
         self.rewind = rewind
         # the timer's "now" for idle rollouts: event time, running with the wall clock while idle
         self.event_clock = EventClock(lambda: self.engine.event_time, clock)
+        # Told of every decision once it is published (live views, notifications); must not block.
+        self.watchers: list[Callable[[Sequence[Decision]], None]] = []
+        # A refusal sentence for an operator command that cannot apply (it is dead-lettered), or None.
+        self.vet_command: Callable[[EngineLike, Any], str | None] | None = None
 
     @property
     def positions(self) -> dict[Key, int]:
@@ -177,6 +181,8 @@ class Processor:
                 if isinstance(cmd, Rejection):
                     letters.append(_dead_letter(rec, cmd.reason, cmd.raw, cmd.rollout_id))
                     reasons[reason_code(cmd.reason)] += 1
+                elif self.vet_command is not None and (refused := self.vet_command(self.engine, cmd)):
+                    letters.append(_dead_letter(rec, refused, rec.value or b"", cmd.rollout_id))
                 else:
                     log.info("operator command %s on %s by %s: %s", cmd.action, cmd.rollout_id, cmd.actor,
                              cmd.reason or "(no reason given)")
@@ -233,6 +239,8 @@ class Processor:
             await self.sink.publish_decisions(decisions)
             for d in decisions:
                 self.metrics.count_decision(d)
+            for watch in self.watchers:
+                watch(decisions)
         dirty = self.engine.dirty()
         if not dirty:
             return
