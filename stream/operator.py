@@ -236,10 +236,12 @@ def render_status(v: dict[str, Any]) -> str:
         lines.append("Needs:         " + ("; ".join(w for w in wants if w) or "nothing: verdict at the next evaluation"))
     lines.append(f"Verdict in:    {v['eta']}")
     lines.append("")
-    rows = [("GATE", "STATUS", "RATIO", "BOUNDS", "THRESHOLD", "SAMPLES (B/C)", "REASON")]
+    rows = [("GATE", "STATUS", "RATIO", "BOUNDS", "THRESHOLD", "SAMPLES (TESTED/BASE)", "REASON")]
     for g in v["gates"]:
         bounds = "-" if g["lower"] is None or g["upper"] is None else f"[{g['lower']:.3f}, {g['upper']:.3f}]"
-        samples = "/".join(str(n) for n in g["samples"].values()) or "-"
+        n = g["samples"]
+        tested = next((n[a] for a in ("canary", "shadow") if a in n), None)
+        samples = f"{tested if tested is not None else '-'}/{n.get('baseline', '-')}"
         rows.append((g["name"], g["status"], _ratio(g["ratio"]), bounds, f"{g['threshold']:g}x", samples,
                      g["reason"]))
     if len(rows) == 1:

@@ -125,25 +125,18 @@ def merged(decision: dict[str, Any] | None, live: dict[str, Any] | None) -> dict
     return out
 
 
-def _api_classes() -> tuple[type, Any]:
-    from connectors.api import RolloutAPI, _json
-
-    return RolloutAPI, _json
-
-
 def build_operator_api(views: Any, commands: Any, token: str | None, workers: WorkerClient,
                        history: dict[str, dict[int, Any]] | None = None) -> Any:
     """An OperatorAPI instance (the class is built lazily so that the CLI starts without aiohttp)."""
     from aiohttp import web
     from prometheus_client import Counter
 
-    from connectors.book import is_halted
+    from connectors.api import RolloutAPI, _json
     from gates.commands import ACTIONS
 
-    RolloutAPI, _json = _api_classes()
     refusals = _refusal_counter(Counter)
 
-    class OperatorAPI(RolloutAPI):  # type: ignore[misc, valid-type]
+    class OperatorAPI(RolloutAPI):
         def __init__(self) -> None:
             super().__init__(views, commands, token)
             self.workers = workers
@@ -204,8 +197,8 @@ def build_operator_api(views: Any, commands: Any, token: str | None, workers: Wo
             view = self.views.state(rid)
             if view is None:
                 return "unknown", f"unknown rollout {rid}: no decision on the decisions topic and no worker answered"
-            if is_halted(view) or view.action == "complete":
-                code = "halted" if is_halted(view) else "complete"
+            if view.halted or view.action == "complete":
+                code = "halted" if view.halted else "complete"
                 return code, f"rollout {rid} is {code} (seq {view.seq}): an ended rollout takes no more commands"
             return None
 
