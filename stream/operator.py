@@ -111,6 +111,10 @@ async def partitions_of(settings: Any, topic: str) -> list[int]:
     admin = admin_client(settings)
     await admin.start()
     try:
+        # listed first: a metadata request for a missing topic may make the broker create it, with
+        # the broker's defaults (a decisions topic that is not compacted stops the worker at start)
+        if topic not in await admin.list_topics():
+            return []
         for t in await admin.describe_topics([topic]):
             if t["topic"] == topic and t.get("error_code", 0) == 0:
                 return sorted(p["partition"] for p in t["partitions"])
@@ -123,12 +127,13 @@ async def _end_offsets(settings: Any, topic: str) -> dict[Any, int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     parts = await partitions_of(settings, topic)
+    if not parts:  # no decision yet at all: the topic comes with the worker's first one
+        return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
                                 **settings.aiokafka_auth())
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in parts]
-        return dict(await consumer.end_offsets(tps)) if tps else {}
+        return dict(await consumer.end_offsets([TopicPartition(topic, p) for p in parts]))
     finally:
         await consumer.stop()
 
@@ -160,12 +165,16 @@ async def read_decisions(settings: Any, rollout_id: str, *, start: dict[Any, int
                                 **settings.aiokafka_auth())
     out: list[Decision] = []
     key = rollout_id.encode()
+    deadline = time.monotonic() + timeout
     parts = await partitions_of(settings, topic)
+    while not parts and until is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)  # the worker creates the topic at start
+        parts = await partitions_of(settings, topic)
+    if not parts:
+        return out
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in parts]
-        if not tps:
-            return out
         consumer.assign(tps)
         for tp in tps:
             if start is not None and tp in start:
@@ -173,7 +182,6 @@ async def read_decisions(settings: Any, rollout_id: str, *, start: dict[Any, int
             else:
                 await consumer.seek_to_beginning(tp)
         ends = await consumer.end_offsets(tps) if until is None else {}
-        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if until is None and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
                 break
@@ -299,7 +307,7 @@ def command(
 
     try:
         start, (partition, offset) = asyncio.run(asyncio.wait_for(send(), timeout=30))
-    except Exception as exc:  # a broker that is down or refuses us: say so, no traceback
+    except (Exception, asyncio.CancelledError) as exc:  # a broker that is down or refuses us: no traceback
         typer.echo(f"rollout-gate: could not publish to {settings.commands_topic} at "
                    f"{settings.kafka_bootstrap}: {exc!r}", err=True)  # fmt: skip
         raise typer.Exit(EXIT_TIMEOUT) from None
@@ -315,7 +323,7 @@ def command(
     try:
         got = asyncio.run(read_decisions(settings, rollout_id, start=start, timeout=wait,
                                          until=lambda d: d.seq > seq_before))
-    except Exception as exc:
+    except (Exception, asyncio.CancelledError) as exc:
         typer.echo(f"rollout-gate: could not read {settings.decisions_topic}: {exc!r}", err=True)
         raise typer.Exit(EXIT_TIMEOUT) from None
     new = [d for d in got if d.seq > seq_before]
@@ -403,7 +411,7 @@ def history(
     settings = _settings()
     try:
         got = asyncio.run(read_decisions(settings, rollout_id, timeout=timeout))
-    except Exception as exc:
+    except (Exception, asyncio.CancelledError) as exc:
         typer.echo(f"rollout-gate: could not read {settings.decisions_topic}: {exc!r}", err=True)
         raise typer.Exit(EXIT_TIMEOUT) from None
     by_seq = {d.seq: d for d in got}  # a re-emitted decision (same seq) after a restart counts once

@@ -164,3 +164,30 @@ def test_unknown_rollout_status_list_and_a_raw_command_that_cannot_apply(
     assert worker.get("/rollouts/chat-ghost")[0] == 404
     text = worker.metrics()
     assert metric_value(text, "rollout_gate_command_refusals_total", action="promote", reason="unknown") == 2
+
+
+def test_without_a_worker_the_command_is_not_checked_and_a_forced_one_times_out_clearly(
+        worker: Worker, topics: Topics, kafka_bootstrap: str) -> None:
+    # the worker fixture is never started: nothing answers on its port, nothing consumes the commands
+    r = cli(worker, "command", "pause", "chat-x")
+    assert r.returncode == 1 and "cannot check chat-x: no worker answered" in r.stderr
+    assert "published" not in r.stdout
+    r = cli(worker, "command", "pause", "chat-x", "--force", "--wait", "3")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"published pause for chat-x to {topics.commands} [partition 0, offset 0]" in r.stdout
+    assert f"no decision for chat-x on {topics.decisions} within 3s (expected hold)" in r.stderr
+    cmds = run(read_until(kafka_bootstrap, topics.commands, lambda m: len(m) >= 1, timeout=10))
+    assert orjson.loads(cmds[0].value)["action"] == "pause" and cmds[0].key == b"chat-x"
+
+    async def listed() -> list[str]:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            return list(await admin.list_topics())
+        finally:
+            await admin.close()
+
+    # waiting for a decision did not create the decisions topic with the broker's defaults
+    assert topics.decisions not in run(listed())
