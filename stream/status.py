@@ -162,10 +162,12 @@ class LiveState:
                      d.weight, d.trigger, d.reason)
 
     def _view(self, engine: EngineLike, rollout_id: str) -> dict[str, Any] | None:
-        if rollout_id not in engine.rollout_ids():
-            return None
         progress: Callable[[str], Any] = engine.progress  # type: ignore[attr-defined]
-        return rollout_view(engine.status(rollout_id), progress(rollout_id), self.last.get(rollout_id))
+        try:
+            status = engine.status(rollout_id)
+        except KeyError:  # the engine has no state for it
+            return None
+        return rollout_view(status, progress(rollout_id), self.last.get(rollout_id))
 
     def vet(self, engine: EngineLike, cmd: Any) -> str | None:
         """The refusal sentence for a command from the topic that cannot apply (counted), or None."""
