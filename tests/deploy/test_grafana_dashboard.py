@@ -192,9 +192,8 @@ def test_decisions_panel_shows_a_counter_that_appears_already_counted() -> None:
     alone would never show it."""
     (panel,) = [p for p in _panels(_dashboard()["panels"]) if p["title"] == "Decisions by action"]
     expr = " ".join(panel["targets"][0]["expr"].split())
-    assert 'increase(rollout_gate_decisions_total{rollout=~"$rollout"}[$__rate_interval])' in expr
-    assert ('or (rollout_gate_decisions_total{rollout=~"$rollout"} unless '
-            'rollout_gate_decisions_total{rollout=~"$rollout"} offset $__rate_interval)') in expr
+    x = 'rollout_gate_decisions_total{rollout=~"$rollout"}'
+    assert expr == f"sum by (rollout, action) (clamp_min({x} - ({x} offset $__rate_interval or {x} * 0), 0))"
 
 
 def test_latest_decision_table_shows_the_reason_label() -> None:

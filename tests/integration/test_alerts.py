@@ -132,6 +132,18 @@ def halt_and_time_the_alert(prom: Prometheus, kafka_bootstrap: str, topics: Topi
     return took
 
 
+def decisions_panel(prom: Prometheus) -> dict[tuple[str, str], float]:
+    """The dashboard's "Decisions by action" query over the last 5 minutes, summed per series."""
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "rollout-gate.json").read_text())
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "Decisions by action"]
+    expr = panel["targets"][0]["expr"].replace("$__rate_interval", "15s").replace("$rollout", ".*")
+    now = time.time()
+    # a step of the scrape interval: the first worker stopped a second or two after its halt
+    data = prom.api("query_range", query=expr, start=str(now - 300), end=str(now), step="1")
+    return {(r["metric"]["rollout"], r["metric"]["action"]): max(float(v) for _, v in r["values"])
+            for r in data["result"]}
+
+
 def test_rollout_halted_fires_within_two_minutes_also_after_a_worker_restart(
         worker: Worker, worker_env: dict[str, str], topics: Topics, kafka_bootstrap: str,
         prometheus: Prometheus, two_ports: tuple[int, int], tmp_path: Path) -> None:
@@ -152,6 +164,10 @@ def test_rollout_halted_fires_within_two_minutes_also_after_a_worker_restart(
     took = halt_and_time_the_alert(prometheus, kafka_bootstrap, topics, "chat-h1", tail(a), first)
     assert took < ALERT_WITHIN
     assert not prometheus.firing("RolloutHalted", rollout="chat-h2")
+    # the dashboard's "Decisions by action" query shows the start decision and the halt
+    shown = decisions_panel(prometheus)
+    assert shown.get(("chat-h1", "promote"), 0) >= 1 and shown.get(("chat-h1", "halt"), 0) >= 1, shown
+    assert shown.get(("chat-h2", "promote"), 0) >= 1, shown
 
     # restart as a new instance (another port): chat-h2 is restored, its counters start at 0 there
     worker.stop()
@@ -167,6 +183,8 @@ def test_rollout_halted_fires_within_two_minutes_also_after_a_worker_restart(
         took2 = halt_and_time_the_alert(prometheus, kafka_bootstrap, topics, "chat-h2", tail(b), second)
         assert took2 < ALERT_WITHIN
         assert not prometheus.firing("RolloutHalted", rollout="chat-h1", instance=second)
+        shown = decisions_panel(prometheus)
+        assert shown.get(("chat-h2", "halt"), 0) == 1 and shown.get(("chat-h1", "halt"), 0) == 1, shown
         print(f"RolloutHalted fired {took:.1f}s after the halt, {took2:.1f}s after the halt following a restart")
     finally:
         restarted.stop()
