@@ -121,6 +121,21 @@ class Runtime(mode.Service):
             self.server.stop()
 
     @mode.Service.task
+    async def _recover_decisions(self) -> None:
+        # The latest decision of each restored rollout (its reason for status views and the
+        # decision-info metric) is not in the engine's state: read it back once the worker is ready.
+        w = self.wiring
+        while not self.should_stop and not w.metrics.ready:
+            await self.sleep(0.5)
+        if self.should_stop:
+            return
+        try:
+            n = await w.live.recover(w.settings)
+            log.info("latest decisions of %d restored rollouts read back from %s", n, w.settings.decisions_topic)
+        except Exception as exc:  # status views then lack the last reason until the next decision
+            log.warning("could not read back the latest decisions from %s: %r", w.settings.decisions_topic, exc)
+
+    @mode.Service.task
     async def _heartbeat(self) -> None:
         while not self.should_stop:
             self.wiring.metrics.heartbeat = time.monotonic()

@@ -169,6 +169,31 @@ class LiveState:
             return None
         return rollout_view(status, progress(rollout_id), self.last.get(rollout_id))
 
+    def adopt(self, latest: dict[str, Decision]) -> int:
+        """After a restart: the latest decision of each restored rollout, read back from the decisions
+        topic (the engine's state keeps its seq, not its reason); taken only where the seq matches."""
+        from .metrics import reason_code
+
+        engine = self.processor.engine
+        n = 0
+        for rid, d in latest.items():
+            if rid in self.last:
+                continue
+            try:
+                seq = engine.status(rid).seq
+            except KeyError:
+                continue
+            if seq == d.seq:
+                self.last[rid] = d
+                self.metrics.rollouts.decided(rid, (d.action, d.trigger, reason_code(d), float(d.ts)))
+                n += 1
+        return n
+
+    async def recover(self, settings: Any, timeout: float = 60.0) -> int:
+        """Read the decisions topic to its end (compacted: the latest per rollout survives) and adopt
+        the restored rollouts' latest decisions."""
+        return self.adopt(await latest_decisions(settings, timeout))
+
     def vet(self, engine: EngineLike, cmd: Any) -> str | None:
         """The refusal sentence for a command from the topic that cannot apply (counted), or None."""
         why = refusal(cmd.action, cmd.rollout_id, self._view(engine, cmd.rollout_id))
@@ -209,3 +234,54 @@ class LiveState:
             return 200, {"applicable": True, "action": action, "rollout": view}
         self.metrics.count_command_refusal(action, why[0])
         return 409, {"applicable": False, "action": action, "code": why[0], "error": why[1], "rollout": view}
+
+
+async def latest_decisions(settings: Any, timeout: float = 60.0) -> dict[str, Decision]:
+    """The latest decision per rollout on the decisions topic (a snapshot up to its end offsets)."""
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from gates.decision import decode_decision
+
+    from .topics import admin_client
+
+    topic = settings.decisions_topic
+    admin = admin_client(settings)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():  # never make the broker create it
+            return {}
+        parts = [p["partition"] for t in await admin.describe_topics([topic]) if t["topic"] == topic
+                 for p in t["partitions"]]
+    finally:
+        await admin.close()
+    out: dict[str, Decision] = {}
+    if not parts:
+        return out
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                client_id=f"{settings.app_id}-decisions-reader", **settings.aiokafka_auth())
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                break
+            for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                for r in records:
+                    if r.value is None:
+                        continue
+                    try:
+                        d = decode_decision(r.value)
+                    except Exception:  # not ours to judge here
+                        continue
+                    if d.seq >= getattr(out.get(d.rollout_id), "seq", 0):
+                        out[d.rollout_id] = d
+        return out
+    finally:
+        await consumer.stop()

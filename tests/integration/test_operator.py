@@ -74,6 +74,21 @@ def test_rollback_halts_then_every_command_on_the_halted_rollout_is_refused(
                         reason="operator rollback") is not None
     assert "decision chat-r seq=2 halt: rolled-back" in worker.log_path.read_text()
 
+    # a restarted worker reads the latest decision back: its reason is in the status and the metric
+    worker.stop()
+    worker.start()
+
+    def last_known() -> bool:
+        code, body = worker.get("/rollouts/chat-r")
+        return code == 200 and (orjson.loads(body)["last_decision"] or {}).get("seq") == 2
+
+    assert wait_for(last_known, 30), worker.get("/rollouts/chat-r")
+    st = cli(worker, "status", "chat-r")
+    assert "Last decision: halt (seq 2, operator)" in st.stdout and "Rolled back by alice: thumbs-down up." in st.stdout
+    assert metric_value(worker.metrics(), "rollout_gate_decision_info", rollout="chat-r", action="halt",
+                        reason="operator rollback") is not None
+    assert cli(worker, "command", "resume", "chat-r").returncode == 3
+
 
 def test_pause_holds_resume_resumes_and_no_op_commands_are_refused(
         worker: Worker, topics: Topics, kafka_bootstrap: str) -> None:
