@@ -169,6 +169,11 @@ class Engine:
                             block_seconds=p.block_seconds, paused=st.paused, held=st.held,
                             terminal=st.terminal)  # fmt: skip
 
+    def seen(self, rollout_id: str, source: str, offset: int) -> bool:
+        """Whether the rollout already counted this source offset (a message delivered again)."""
+        st = self._states.get(rollout_id)
+        return st is not None and st.offsets.get(source, -1) >= offset
+
     # ---- state as a value ------------------------------------------------------------------
     def snapshot(self, rollout_id: str) -> bytes:
         st = self._states[rollout_id]

@@ -194,8 +194,12 @@ class LiveState:
         the restored rollouts' latest decisions."""
         return self.adopt(await latest_decisions(settings, timeout))
 
-    def vet(self, engine: EngineLike, cmd: Any) -> str | None:
-        """The refusal sentence for a command from the topic that cannot apply (counted), or None."""
+    def vet(self, engine: EngineLike, cmd: Any, source: str, offset: int) -> str | None:
+        """The refusal sentence for a command from the topic that cannot apply (counted), or None.
+        A command delivered again after a restart is left to the engine, which skips it."""
+        seen: Callable[[str, str, int], bool] | None = getattr(engine, "seen", None)
+        if seen is not None and seen(cmd.rollout_id, source, offset):
+            return None
         why = refusal(cmd.action, cmd.rollout_id, self._view(engine, cmd.rollout_id))
         if why is None:
             return None

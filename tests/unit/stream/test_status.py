@@ -154,3 +154,41 @@ def test_before_the_loop_runs_the_views_answer_503() -> None:
         assert code == 503 and "not ready" in body["error"]
     finally:
         server.stop()
+
+
+def test_a_command_delivered_again_is_left_to_the_engine_not_refused() -> None:
+    from stream.processor import Record
+
+    metrics = Metrics()
+    sink = ListSink()
+    proc = Processor(lambda: engine_with(), sink, metrics)
+    live = LiveState(proc, metrics)
+    proc.vet_command = live.vet
+    pause = orjson.dumps({"rollout_id": "chat-v7", "action": "pause", "ts": START + 9, "actor": "al"})
+    rec = Record("rollout.commands", 0, 5, b"chat-v7", pause)
+    assert [d.action for d in asyncio.run(proc.process_commands([rec]))] == ["hold"]
+    assert asyncio.run(proc.process_commands([rec])) == []  # the same message again (a restart)
+    assert sink.letters == []
+    assert metrics.registry.get_sample_value("rollout_gate_command_refusals_total",
+                                             {"action": "pause", "reason": "paused"}) is None
+    again = Record("rollout.commands", 0, 6, b"chat-v7", pause)  # a new pause of a paused rollout
+    assert asyncio.run(proc.process_commands([again])) == []
+    (letter,) = sink.letters
+    assert dict(letter.headers)["x-rollout-gate-reason"] == b"command refused: rollout chat-v7 is already paused at canary-1"
+    assert metrics.registry.get_sample_value("rollout_gate_command_refusals_total",
+                                             {"action": "pause", "reason": "paused"}) == 1
+
+
+def test_a_failing_watcher_does_not_stop_the_batch() -> None:
+    from stream.processor import Record
+
+    proc = Processor(lambda: engine_with(), ListSink(), Metrics())
+
+    def broken(_: Any) -> None:
+        raise RuntimeError("boom")
+
+    seen: list[str] = []
+    proc.watchers += [broken, lambda ds: seen.extend(d.action for d in ds)]
+    pause = orjson.dumps({"rollout_id": "chat-v7", "action": "pause", "ts": START + 9, "actor": "al"})
+    assert [d.action for d in asyncio.run(proc.process_commands([Record("c", 0, 0, b"chat-v7", pause)]))] == ["hold"]
+    assert seen == ["hold"]
