@@ -84,6 +84,26 @@ class RolloutStatus:
     events: dict[str, int]
 
 
+@dataclass
+class StepProgress:
+    """Where the current step stands against the policy's limits (read-only; for status views)."""
+
+    arm: str  # the tested arm: canary, or shadow while in shadow
+    step_start: float
+    watermark: float
+    tested_samples: int
+    blocks: int  # blocks with both arms
+    min_samples: int
+    min_seconds: float
+    max_seconds: float
+    min_blocks: int
+    min_halt_samples: int
+    block_seconds: float
+    paused: bool
+    held: bool
+    terminal: bool
+
+
 _TS = operator.attrgetter("ts")
 _RID = operator.attrgetter("rollout_id")
 ARM_NAMES = ARMS  # in the order of the pending batch's arm codes
@@ -131,6 +151,28 @@ class Engine:
             seq=st.seq, gates=list(st.last_gates), samples=samples, watermark=st.watermark,
             drift_alarms=dict(st.drift.alarms), events=dict(st.events),
         )  # fmt: skip
+
+    def progress(self, rollout_id: str) -> StepProgress:
+        """The current step's counts and the policy limits they are held to. Reads the state only
+        (pending events are folded first, as ``status`` does)."""
+        st = self._states[rollout_id]
+        self._flush(st)
+        p = self.policy(rollout_id)
+        arm = SHADOW if st.stage == SHADOW else "canary"
+        blocks = st.window.blocks.values()
+        both = sum(1 for b in blocks if b.get(arm) and b[arm].n and b.get("baseline") and b["baseline"].n)
+        n_test = sum(b[arm].n for b in blocks if arm in b)
+        min_n, min_s, max_s = self._step_limits(st, p)
+        return StepProgress(arm=arm, step_start=st.step_start, watermark=st.watermark, tested_samples=n_test,
+                            blocks=both, min_samples=min_n, min_seconds=min_s, max_seconds=max_s,
+                            min_blocks=p.min_blocks, min_halt_samples=p.min_halt_samples,
+                            block_seconds=p.block_seconds, paused=st.paused, held=st.held,
+                            terminal=st.terminal)  # fmt: skip
+
+    def seen(self, rollout_id: str, source: str, offset: int) -> bool:
+        """Whether the rollout already counted this source offset (a message delivered again)."""
+        st = self._states.get(rollout_id)
+        return st is not None and st.offsets.get(source, -1) >= offset
 
     # ---- state as a value ------------------------------------------------------------------
     def snapshot(self, rollout_id: str) -> bytes:

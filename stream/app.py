@@ -21,8 +21,10 @@ from gates.decision import Decision
 from gates.policy import PolicySet
 
 from .metrics import Metrics, MetricsServer
+from .notify import Notifier
 from .processor import DeadLetter, EngineLike, Processor, Record
 from .settings import Settings
+from .status import LiveState
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +107,33 @@ class Runtime(mode.Service):
         w.metrics.heartbeat = time.monotonic()
         if self.server is None:
             self.server = MetricsServer(w.metrics, w.settings.metrics_host, w.settings.metrics_port)
+        self.server.live = w.live
+        w.live.loop = asyncio.get_running_loop()
         self.server.start()
         await w.sink.start()
+        await w.notifier.start()
 
     async def on_shutdown(self) -> None:
+        self.wiring.live.loop = None
+        await self.wiring.notifier.stop()
         await self.wiring.sink.stop()
         if self.server is not None:
             self.server.stop()
+
+    @mode.Service.task
+    async def _recover_decisions(self) -> None:
+        # The latest decision of each restored rollout (its reason for status views and the
+        # decision-info metric) is not in the engine's state: read it back once the worker is ready.
+        w = self.wiring
+        while not self.should_stop and not w.metrics.ready:
+            await self.sleep(0.5)
+        if self.should_stop:
+            return
+        try:
+            n = await w.live.recover(w.settings)
+            log.info("latest decisions of %d restored rollouts read back from %s", n, w.settings.decisions_topic)
+        except Exception as exc:  # status views then lack the last reason until the next decision
+            log.warning("could not read back the latest decisions from %s: %r", w.settings.decisions_topic, exc)
 
     @mode.Service.task
     async def _heartbeat(self) -> None:
@@ -131,6 +153,8 @@ class Wiring:
     metrics: Metrics
     sink: KafkaSink
     processor: Processor
+    live: LiveState
+    notifier: Notifier
     runtime: Runtime | None = None
 
     def assigned(self, topic: str) -> set[int]:
@@ -193,13 +217,18 @@ def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | 
     metrics = metrics if metrics is not None else Metrics(ended_retention_seconds=settings.metrics_ended_retention_seconds)
     sink = KafkaSink(settings, table)
     processor = Processor(factory, sink, metrics)
+    live = LiveState(processor, metrics)
+    notifier = Notifier.from_settings(settings, metrics)
+    processor.watchers += [live.decided, notifier.decided]
+    processor.vet_command = live.vet
     guarded = {settings.events_topic, settings.commands_topic}
 
     def commit_limit(topic: str, partition: int) -> int | None:
         return processor.positions.get((topic, partition), 0) if topic in guarded else None
 
     app.rollout_gate_commit_limit = commit_limit
-    wiring = Wiring(settings, policy, app, events_topic, commands_topic, table, metrics, sink, processor)
+    wiring = Wiring(settings, policy, app, events_topic, commands_topic, table, metrics, sink, processor, live,
+                    notifier)
     wiring.runtime = Runtime(wiring)
     from .agents import register
 

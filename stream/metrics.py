@@ -10,12 +10,14 @@ import logging
 import math
 import threading
 import time
+import urllib.parse
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -30,8 +32,14 @@ from prometheus_client.registry import Collector
 
 from gates.decision import Decision, Verdict
 
+if TYPE_CHECKING:
+    from .status import LiveState
+
 log = logging.getLogger(__name__)
 
+# Every decision action; each rollout gets a counter at 0 for each as soon as it is known (also
+# after a restart), so that increase() in the alert rules sees the first halt.
+DECISION_ACTIONS = ("promote", "halt", "complete", "hold")
 _STATUS_CODE = {"pass": Verdict.PASS, "insufficient": Verdict.INSUFFICIENT, "breach": Verdict.BREACH}
 
 
@@ -56,12 +64,18 @@ class RolloutGauges(Collector):
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._views: dict[str, _RolloutView] = {}
+        # the latest decision per rollout: (action, trigger, reason code, ts)
+        self._decisions: dict[str, tuple[str, str, str, float]] = {}
         self._lock = threading.Lock()
         self._clock = clock
 
     def update(self, rollout_id: str, view: _RolloutView) -> None:
         with self._lock:
             self._views[rollout_id] = view
+
+    def decided(self, rollout_id: str, info: tuple[str, str, str, float]) -> None:
+        with self._lock:
+            self._decisions[rollout_id] = info
 
     def clear(self) -> None:
         with self._lock:
@@ -76,6 +90,7 @@ class RolloutGauges(Collector):
             gone = [rid for rid, v in self._views.items() if v.ended_at < cutoff]
             for rid in gone:
                 del self._views[rid]
+                self._decisions.pop(rid, None)
         return gone
 
     def __len__(self) -> int:
@@ -84,6 +99,7 @@ class RolloutGauges(Collector):
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             items = sorted(self._views.items())
+            decided = sorted(self._decisions.items())
         now = self._clock()
         stage = GaugeMetricFamily("rollout_gate_stage_info", "Current stage of a rollout (1)",
                                   labels=["rollout", "stage"])
@@ -100,6 +116,12 @@ class RolloutGauges(Collector):
                                     labels=["rollout", "arm"])
         lag = GaugeMetricFamily("rollout_gate_event_time_lag_seconds",
                                 "Wall clock minus the rollout's event-time watermark", labels=["rollout"])
+        info = GaugeMetricFamily("rollout_gate_decision_info",
+                                 "The latest decision of a rollout (value: its event time); reason is a "
+                                 "short code (the breached gate, max step time, operator, ...)",
+                                 labels=["rollout", "action", "trigger", "reason"])
+        for rid, (action, trigger, code, ts) in decided:
+            info.add_metric([rid, action, trigger, code], ts)
         for rid, v in items:
             stage.add_metric([rid, v.stage], 1)
             weight.add_metric([rid], v.weight_ratio)
@@ -111,7 +133,7 @@ class RolloutGauges(Collector):
                 samples.add_metric([rid, arm], n)
             if math.isfinite(v.watermark):
                 lag.add_metric([rid], max(0.0, now - v.watermark))
-        return [stage, weight, status, ratio, threshold, samples, lag]
+        return [stage, weight, status, ratio, threshold, samples, lag, info]
 
 
 class Metrics:
@@ -142,6 +164,11 @@ class Metrics:
                                        registry=r,
                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                 1.0, 2.5, 5.0, 10.0))
+        self.command_refusals = Counter("rollout_gate_command_refusals",
+                                        "Operator commands refused because they cannot apply",
+                                        ["action", "reason"], registry=r)
+        self.notifications = Counter("rollout_gate_notifications", "Decision notifications by outcome",
+                                     ["sink", "outcome"], registry=r)
         self._drift_seen: dict[tuple[str, str, str], int] = {}
         # /readyz and /healthz state, read from the server thread.
         self.ready = False
@@ -158,11 +185,25 @@ class Metrics:
             self.rejected.labels(reason).inc(n)
 
     def count_decision(self, decision: Decision) -> None:
+        self.known(decision.rollout_id)
         self.decisions.labels(decision.rollout_id, decision.action).inc()
-        self._actions.setdefault(decision.rollout_id, set()).add(decision.action)
+        self.rollouts.decided(decision.rollout_id, (decision.action, decision.trigger, reason_code(decision),
+                                                    float(decision.ts)))
+
+    def known(self, rollout_id: str) -> None:
+        """Create the rollout's decision counters at 0 for every action (once)."""
+        if rollout_id in self._actions:
+            return
+        self._actions[rollout_id] = set(DECISION_ACTIONS)
+        for action in DECISION_ACTIONS:
+            self.decisions.labels(rollout_id, action)
+
+    def count_command_refusal(self, action: str, reason: str) -> None:
+        self.command_refusals.labels(action, reason).inc()
 
     def observe_status(self, rollout_id: str, status: Any) -> None:
         """Mirror one rollout's engine status (gates.engine.RolloutStatus) into the gauges."""
+        self.known(rollout_id)
         gates = tuple(
             (g.name, int(_STATUS_CODE.get(g.status, Verdict.INSUFFICIENT)),
              math.nan if g.ratio is None else float(g.ratio), float(g.threshold))
@@ -210,6 +251,25 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def reason_code(d: Decision) -> str:
+    """A decision's reason as a short code of bounded cardinality (for a label): the sentence itself
+    carries numbers, so each decision would make a new series."""
+    if d.trigger == "start":
+        return "rollout started"
+    if d.trigger == "operator":
+        return {"halt": "operator rollback", "hold": "operator pause"}.get(d.action, "operator promote")
+    if d.trigger == "timeout":
+        return "max step time"
+    if d.trigger == "drift":
+        return "drift"
+    if d.action == "halt":
+        breached = [g.name for g in d.gates if g.status == "breach"]
+        return f"{breached[0]} breach" if breached else "breach"
+    if d.action in ("promote", "complete"):
+        return "all gates pass"
+    return d.trigger
+
+
 def split_alarm_key(key: str) -> tuple[str, str]:
     """Drift alarm keys are ``arm:signal`` (``canary:latency``); a bare signal is the canary's."""
     for sep in (":", "/", "."):
@@ -225,6 +285,7 @@ class MetricsServer:
     def __init__(self, metrics: Metrics, host: str, port: int, *, stale_after: float = 30.0) -> None:
         self.metrics = metrics
         self.stale_after = stale_after
+        self.live: LiveState | None = None  # the live rollout views (stream.status), set by the runtime
         handler = _handler_for(self)
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -259,8 +320,48 @@ def _handler_for(server: MetricsServer) -> type[BaseHTTPRequestHandler]:
             elif path == "/readyz":
                 ok = server.metrics.ready
                 self._send(200 if ok else 503, b"ready\n" if ok else b"recovering or not assigned\n")
+            elif path == "/rollouts" or path.startswith("/rollouts/"):
+                self._live("GET", path)
             else:
                 self._send(404, b"not found\n")
+
+        def do_POST(self) -> None:
+            self._live("POST", self.path.split("?", 1)[0])
+
+        def _live(self, method: str, path: str) -> None:
+            from .status import WorkerUnavailable
+
+            live = server.live
+            parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+            try:
+                if live is None:
+                    raise WorkerUnavailable("the worker is not running yet")
+                if method == "GET" and parts == ["rollouts"]:
+                    return self._json(200, {"rollouts": live.views()})
+                if method == "GET" and len(parts) == 2 and parts[0] == "rollouts":
+                    view = live.view(parts[1])
+                    if view is None:
+                        return self._json(404, {"error": f"unknown rollout {parts[1]}"})
+                    return self._json(200, view)
+                if method == "POST" and len(parts) == 4 and parts[0] == "rollouts" and parts[2:] == ["commands", "check"]:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    try:
+                        body = orjson.loads(self.rfile.read(length) or b"{}")
+                    except orjson.JSONDecodeError:
+                        return self._json(400, {"error": "body must be JSON"})
+                    action = body.get("action") if isinstance(body, dict) else None
+                    from gates.commands import ACTIONS
+
+                    if action not in ACTIONS:
+                        return self._json(400, {"error": f"action must be one of {', '.join(ACTIONS)}"})
+                    code, out = live.check(parts[1], action)
+                    return self._json(code, out)
+            except (WorkerUnavailable, TimeoutError) as exc:
+                return self._json(503, {"error": f"worker not ready: {exc}"})
+            self._send(404, b"not found\n")
+
+        def _json(self, code: int, data: Any) -> None:
+            self._send(code, orjson.dumps(data), "application/json")
 
         def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8") -> None:
             self.send_response(code)

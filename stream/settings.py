@@ -67,6 +67,21 @@ class Settings(BaseSettings):
     # default is 60 s; the broker's group.min.session.timeout.ms is 6 s).
     session_timeout_seconds: float = Field(10.0, ge=6, le=300)
 
+    # Operators: where the CLI and the verdict API find the workers' live views (comma-separated
+    # base URLs of the workers' metrics ports; each worker serves the rollouts of its partitions).
+    worker_urls: str = Field("http://127.0.0.1:9108", min_length=1)
+
+    # Notifications of decisions (stream/notify.py): comma-separated webhook URLs. Slack-compatible
+    # sinks get {"text": ...}; generic sinks get {"text": ..., "decision": <the full decision>}.
+    notify_slack_urls: str = ""
+    notify_webhook_urls: str = ""
+    notify_actions: str = Field("halt,hold,promote,complete", description="decision actions to notify")
+    notify_retries: int = Field(5, ge=0, le=20, description="retries after the first attempt")
+    notify_backoff_seconds: float = Field(1.0, gt=0, le=60, description="first retry delay; doubles each retry")
+    notify_backoff_max_seconds: float = Field(60.0, gt=0, le=3600)
+    notify_timeout_seconds: float = Field(5.0, gt=0, le=60, description="per HTTP attempt")
+    notify_queue_size: int = Field(1000, ge=1, description="notifications waiting per sink; more are dropped")
+
     @model_validator(mode="after")
     def _security_consistent(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL_") and (
@@ -81,6 +96,10 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}KAFKA_SSL_CERTFILE and {ENV_PREFIX}KAFKA_SSL_KEYFILE go together"
             )
         return self
+
+    @property
+    def worker_base_urls(self) -> list[str]:
+        return [u.strip().rstrip("/") for u in self.worker_urls.split(",") if u.strip()]
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -29,6 +29,9 @@ METRICS: dict[str, frozenset[str]] = {
     "rollout_gate_batch_seconds_sum": frozenset(),
     "rollout_gate_batch_seconds_count": frozenset(),
     "rollout_gate_publisher_dropped_total": frozenset({"reason"}),
+    "rollout_gate_decision_info": frozenset({"rollout", "action", "trigger", "reason"}),
+    "rollout_gate_command_refusals_total": frozenset({"action", "reason"}),
+    "rollout_gate_notifications_total": frozenset({"sink", "outcome"}),
 }
 # The metric families of the brief (a histogram counts once).
 FAMILIES = {"rollout_gate_batch_seconds" if n.startswith("rollout_gate_batch_seconds") else n for n in METRICS}

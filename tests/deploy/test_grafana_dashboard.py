@@ -110,6 +110,9 @@ def test_every_metric_family_is_on_the_dashboard() -> None:
         ("timeseries", "rollout_gate_drift_alarms_total"),
         ("timeseries", "rollout_gate_batch_seconds_bucket"),
         ("timeseries", "rollout_gate_publisher_dropped_total"),
+        ("table", "rollout_gate_decision_info"),
+        ("timeseries", "rollout_gate_command_refusals_total"),
+        ("timeseries", "rollout_gate_notifications_total"),
     ],
 )
 def test_required_panel(panel_type: str, metric: str) -> None:
@@ -182,3 +185,21 @@ def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = run([promtool, "check", "rules", str(path)])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_decisions_panel_shows_a_counter_that_appears_already_counted() -> None:
+    """The start decision is counted with the rollout's first events, before any scrape: increase()
+    alone would never show it."""
+    (panel,) = [p for p in _panels(_dashboard()["panels"]) if p["title"] == "Decisions by action"]
+    expr = " ".join(panel["targets"][0]["expr"].split())
+    x = 'rollout_gate_decisions_total{rollout=~"$rollout"}'
+    assert expr == f"sum by (rollout, action) (clamp_min({x} - ({x} offset $__rate_interval or {x} * 0), 0))"
+
+
+def test_latest_decision_table_shows_the_reason_label() -> None:
+    (panel,) = [p for p in _panels(_dashboard()["panels"])
+                if any("rollout_gate_decision_info" in t["expr"] for t in p.get("targets", []))]
+    assert panel["type"] == "table"
+    (target,) = panel["targets"]
+    assert target["instant"] is True and target.get("format") == "table"
+    assert scan(target["expr"]).grouping_labels >= {"rollout", "action", "trigger", "reason"}

@@ -152,3 +152,12 @@ def test_scanner_sees_every_metric_of_a_rule() -> None:
         "rollout_gate_stage_info",
     }
     assert scan(by_name["RolloutGateWorkerDown"]["expr"]).metrics == {"up"}
+
+
+def test_rollout_halted_needs_no_history_of_the_target() -> None:
+    """Counters exist at 0 from the moment the worker knows a rollout (also after a restart), so a
+    plain increase() sees the first halt; no fallback that waits for the target's past."""
+    (alert,) = [a for a in _alerts() if a["alert"] == "RolloutHalted"]
+    expr = " ".join(alert["expr"].split())
+    assert expr == 'increase(rollout_gate_decisions_total{action="halt"}[15m]) > 0'
+    assert "for" not in alert
