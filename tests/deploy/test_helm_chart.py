@@ -576,7 +576,15 @@ def test_network_policies_admit_only_the_service_ports_and_reach_only_kafka_and_
         (ingress,) = spec["ingress"]
         assert _ports(ingress) == [(p["containerPort"], "TCP") for p in container["ports"]]
         assert "from" not in ingress, "default: from anywhere, but to this port only"
-        kafka, dns = spec["egress"]
+        kafka, dns, *rest = spec["egress"]
+        if component == "api":
+            (to_worker,) = rest  # live views and command checks on the worker's metrics port
+            assert _ports(to_worker) == [(9108, "TCP")]
+            (peer,) = to_worker["to"]
+            assert _selects(peer["podSelector"]["matchLabels"], _pod_labels(deployments["worker"]))
+            assert not _selects(peer["podSelector"]["matchLabels"], pods)
+        else:
+            assert rest == [], "no notifications configured: no egress beyond Kafka and DNS"
         assert _ports(kafka) == [(9092, "TCP")], "the port of kafka.bootstrap (kafka:9092)"
         assert _ports(dns) == [(53, "TCP"), (53, "UDP")]
         assert "to" not in kafka and "to" not in dns
@@ -590,7 +598,7 @@ def test_network_policy_peers_ports_and_extra_rules_are_configurable() -> None:
     assert policies["worker"]["spec"]["ingress"][0]["from"] == values["ingress"]["metrics"]
     assert policies["api"]["spec"]["ingress"][0]["from"] == values["ingress"]["api"]
     for policy in policies.values():
-        kafka, dns, extra = policy["spec"]["egress"]
+        kafka, dns, *_, extra = policy["spec"]["egress"]
         # the distinct ports of kafka.bootstrap, in order
         assert [p["port"] for p in kafka["ports"]] == [9093, 9443]
         assert kafka["to"] == values["egress"]["kafka"]["to"]
@@ -698,3 +706,31 @@ def test_notes_give_the_api_address_and_say_when_the_examples_need_another(tmp_p
     assert "http://rg-rollout-gate-api.rollouts.svc.cluster.local:8090" in other
     assert "NOTE: deploy/argo and deploy/flagger use" in other
     assert "the API refuses operator commands" in other
+
+
+def test_the_api_asks_the_worker_service_for_live_views_and_command_checks() -> None:
+    docs = _render("default-values.yaml", "api.enabled=true", release="rollout-gate", namespace="rollout-gate")
+    env = _env(_container(docs, "api"))
+    (service,) = [d for d in docs if d["kind"] == "Service" and _component(d) == "worker"]
+    (port,) = service["spec"]["ports"]
+    assert env["ROLLOUT_GATE_WORKER_URLS"] == \
+        f"http://{service['metadata']['name']}.rollout-gate.svc:{port['port']}"
+
+
+def test_notification_urls_come_from_a_secret_and_open_their_egress() -> None:
+    docs = _render("default-values.yaml", "notifications.existingSecret=notify", "notifications.actions=halt")
+    env = _env(_container(docs))
+    for var, key in (("ROLLOUT_GATE_NOTIFY_SLACK_URLS", "slack-urls"), ("ROLLOUT_GATE_NOTIFY_WEBHOOK_URLS", "webhook-urls")):
+        assert env[var] == {"secretKeyRef": {"name": "notify", "key": key, "optional": True}}
+    assert env["ROLLOUT_GATE_NOTIFY_ACTIONS"] == "halt"
+    *_, webhooks = _objects(docs, "NetworkPolicy")["worker"]["spec"]["egress"]
+    assert _ports(webhooks) == [(443, "TCP")] and "to" not in webhooks
+    plain = _env(_container(_render("default-values.yaml")))
+    assert not any(k.startswith("ROLLOUT_GATE_NOTIFY_") for k in plain)
+
+
+def test_notification_values_are_checked_by_the_schema() -> None:
+    for bad in (r"notifications.actions=halt\,rollback", "notifications.slackUrl=x"):
+        argv = [_helm(), "template", "rg", str(CHART), "--set", bad]
+        result = run(argv)
+        assert result.returncode != 0 and "notifications" in result.stderr, (bad, result.stderr)

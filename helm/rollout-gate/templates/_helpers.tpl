@@ -224,3 +224,29 @@ it names its own. (list $ "worker"|"api") */}}
 {{- fail "dataDir.existingClaim: one volume cannot hold the data directories of several workers; keep replicaCount 1 or use the emptyDir (state is rebuilt from Kafka)" }}
 {{- end }}
 {{- end }}
+
+{{/* The worker Service's address, which the API asks for live views and command checks. */}}
+{{- define "rollout-gate.workerUrl" -}}
+{{- printf "http://%s.%s.svc:%v" (include "rollout-gate.fullname" .) .Release.Namespace .Values.metrics.port -}}
+{{- end }}
+
+{{/* Decision notifications (stream/notify.py): webhook URLs are credentials (a Slack incoming
+webhook URL is one), so they come from notifications.existingSecret, never from values. */}}
+{{- define "rollout-gate.notifyEnv" -}}
+{{- with .Values.notifications.existingSecret }}
+- name: ROLLOUT_GATE_NOTIFY_SLACK_URLS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.notifications.slackUrlsKey }}
+      optional: true
+- name: ROLLOUT_GATE_NOTIFY_WEBHOOK_URLS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.notifications.webhookUrlsKey }}
+      optional: true
+- name: ROLLOUT_GATE_NOTIFY_ACTIONS
+  value: {{ $.Values.notifications.actions | quote }}
+{{- end }}
+{{- end }}
