@@ -168,6 +168,15 @@ def _str(w: _Wire, field: str, max_length: int) -> str:
     return v
 
 
+def rollout_id_problem(rid: str) -> str | None:
+    """Why ``rollout_id`` is unfit (too long, control characters), or None."""
+    if len(rid) > MAX_ROLLOUT_ID:
+        return f"rollout_id must be at most {MAX_ROLLOUT_ID} characters, not {len(rid):,}"
+    if _HAS_CONTROL.search(rid):
+        return _CONTROL_REASON
+    return None
+
+
 def _rollout_id(w: _Wire) -> str:
     v = _str(w, "rollout_id", MAX_ROLLOUT_ID)
     if _HAS_CONTROL.search(v):
@@ -457,6 +466,12 @@ def reason_code(reason: str) -> str:
     """A low-cardinality label for metrics, e.g. ``latency_ms_invalid`` or ``arm_missing``."""
     if reason.startswith("not valid JSON"):
         return "invalid_json"
+    if reason.startswith("rollout cap"):
+        return "rollout_cap"
+    if reason.startswith("message is"):
+        return "too_large"
+    if reason.startswith("message holds no events"):
+        return "empty"
     if "JSON object" in reason:
         return "not_an_object"
     head = reason.split(" ", 1)[0]

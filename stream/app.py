@@ -21,7 +21,7 @@ from gates.decision import Decision
 from gates.policy import PolicySet
 
 from .metrics import Metrics, MetricsServer
-from .processor import DeadLetter, EngineLike, Processor, Record
+from .processor import CommandAuth, DeadLetter, EngineLike, Processor, Record
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,19 @@ def _default_engine_factory(policy: PolicySet) -> Callable[[], EngineLike]:
     return lambda: Engine(policy)
 
 
+def command_auth(settings: Settings) -> CommandAuth:
+    """From the settings, with the startup warning when commands are not authenticated."""
+    if settings.command_key is None:
+        if settings.commands_allow_unsigned:
+            log.warning("no ROLLOUT_GATE_COMMAND_HMAC_KEY and ROLLOUT_GATE_COMMANDS_ALLOW_UNSIGNED=true: operator "
+                        "commands are NOT authenticated; anyone who can write to the commands topic can "
+                        "pause, promote or roll back")
+        else:
+            log.warning("no ROLLOUT_GATE_COMMAND_HMAC_KEY: every operator command will be refused and "
+                        "dead-lettered")
+    return CommandAuth(settings.command_key, settings.commands_allow_unsigned)
+
+
 def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | None = None,
               metrics: Metrics | None = None) -> Wiring:
     policy = settings.load_policy()
@@ -190,9 +203,11 @@ def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | 
     # rollout's state in the partition of its events); values are engine snapshots.
     table = app.Table(STATE_TABLE, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions,
                       use_partitioner=True, help="engine snapshot per rollout (gates.engine)")
-    metrics = metrics if metrics is not None else Metrics(ended_retention_seconds=settings.metrics_ended_retention_seconds)
+    metrics = metrics if metrics is not None else Metrics(ended_retention_seconds=settings.metrics_ended_retention_seconds,
+                                                          max_rollouts=settings.metrics_max_rollouts)
     sink = KafkaSink(settings, table)
-    processor = Processor(factory, sink, metrics)
+    processor = Processor(factory, sink, metrics, max_live_rollouts=settings.max_live_rollouts,
+                          command_auth=command_auth(settings))
     guarded = {settings.events_topic, settings.commands_topic}
 
     def commit_limit(topic: str, partition: int) -> int | None:

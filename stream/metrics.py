@@ -118,13 +118,18 @@ class Metrics:
     """Every metric of the worker, in its own registry (tests build as many as they like)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, clock: Callable[[], float] = time.time,
-                 ended_retention_seconds: float = 86400.0) -> None:
+                 ended_retention_seconds: float = 86400.0, max_rollouts: int | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._clock = clock
         # an ended rollout's series stay this long (its final state on the dashboard), then go, so
         # the number of series follows the rollouts in flight, not every rollout ever run
         self.ended_retention_seconds = ended_retention_seconds
         self._actions: dict[str, set[str]] = {}
+        # at most this many rollouts have series (labels rollout=...): the first ones seen, until an
+        # ended one expires; the others are only counted, so /metrics stays small whatever comes in
+        self.max_rollouts = max_rollouts
+        self._series: set[str] = set()
+        self._unshown: set[str] = set()
         r = self.registry
         self.rollouts = RolloutGauges(clock)
         r.register(self.rollouts)
@@ -142,6 +147,12 @@ class Metrics:
                                        registry=r,
                                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                 1.0, 2.5, 5.0, 10.0))
+        self.rejected_commands = Counter("rollout_gate_rejected_commands", "Operator commands sent to the "
+                                         "dead-letter topic (unsigned, bad signature, replayed, invalid)",
+                                         ["reason"], registry=r)
+        self.unshown = Gauge("rollout_gate_metrics_unshown_rollouts",
+                             "Rollouts without per-rollout series: over ROLLOUT_GATE_METRICS_MAX_ROLLOUTS",
+                             registry=r)
         self._drift_seen: dict[tuple[str, str, str], int] = {}
         # /readyz and /healthz state, read from the server thread.
         self.ready = False
@@ -157,12 +168,34 @@ class Metrics:
         for reason, n in reasons.items():
             self.rejected.labels(reason).inc(n)
 
+    def count_command_rejections(self, reasons: Tally[str]) -> None:
+        for reason, n in reasons.items():
+            self.rejected_commands.labels(reason).inc(n)
+
+    def shown(self, rollout_id: str) -> bool:
+        """Whether the rollout has series on /metrics (taken on the first look while there is room)."""
+        if self.max_rollouts is None or rollout_id in self._series:
+            return True
+        if len(self._series) < self.max_rollouts:
+            self._series.add(rollout_id)
+            self._unshown.discard(rollout_id)
+            self.unshown.set(len(self._unshown))
+            return True
+        if rollout_id not in self._unshown:
+            self._unshown.add(rollout_id)
+            self.unshown.set(len(self._unshown))
+        return False
+
     def count_decision(self, decision: Decision) -> None:
+        if not self.shown(decision.rollout_id):
+            return
         self.decisions.labels(decision.rollout_id, decision.action).inc()
         self._actions.setdefault(decision.rollout_id, set()).add(decision.action)
 
     def observe_status(self, rollout_id: str, status: Any) -> None:
         """Mirror one rollout's engine status (gates.engine.RolloutStatus) into the gauges."""
+        if not self.shown(rollout_id):
+            return
         gates = tuple(
             (g.name, int(_STATUS_CODE.get(g.status, Verdict.INSUFFICIENT)),
              math.nan if g.ratio is None else float(g.ratio), float(g.threshold))
@@ -191,6 +224,7 @@ class Metrics:
         """Drop every series of rollouts that ended more than ``ended_retention_seconds`` ago."""
         gone = self.rollouts.remove_ended_before(self._clock() - self.ended_retention_seconds)
         for rid in gone:
+            self._series.discard(rid)
             for action in self._actions.pop(rid, ()):
                 self.decisions.remove(rid, action)
             for k in [k for k in self._drift_seen if k[0] == rid]:

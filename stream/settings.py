@@ -67,6 +67,18 @@ class Settings(BaseSettings):
     # default is 60 s; the broker's group.min.session.timeout.ms is 6 s).
     session_timeout_seconds: float = Field(10.0, ge=6, le=300)
 
+    # Admission: what a publisher sending endless new rollout ids can make the worker hold
+    max_live_rollouts: int = Field(1000, ge=1, description="rollouts neither halted nor complete; events of "
+                                   "a new rollout beyond it go to the dead-letter topic (gates.admission)")
+    metrics_max_rollouts: int = Field(2000, ge=1, description="rollouts with series on /metrics")
+
+    # Trust. Operator commands are signed (HMAC-SHA256, gates.commands); without a key they are
+    # refused unless COMMANDS_ALLOW_UNSIGNED is set (development only). The API token guards the
+    # HTTP API's mutating calls (rollout-gate api). Both are secrets: never logged, never in repr.
+    command_hmac_key: SecretStr | None = Field(None, min_length=16)
+    commands_allow_unsigned: bool = False
+    api_token: SecretStr | None = Field(None, min_length=16)
+
     @model_validator(mode="after")
     def _security_consistent(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL_") and (
@@ -81,6 +93,10 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}KAFKA_SSL_CERTFILE and {ENV_PREFIX}KAFKA_SSL_KEYFILE go together"
             )
         return self
+
+    @property
+    def command_key(self) -> bytes | None:
+        return None if self.command_hmac_key is None else self.command_hmac_key.get_secret_value().encode()
 
     @property
     def bootstrap_servers(self) -> list[str]:
