@@ -9,6 +9,7 @@ import typer
 
 from gates.commands import ACTIONS, Command
 from stream.cli import app
+from stream.commands import sign_command
 
 
 async def publish_command(settings, cmd: Command) -> None:  # type: ignore[no-untyped-def]
@@ -47,6 +48,7 @@ def command(
         raise typer.Exit(2) from None
     cmd = Command(rollout_id=rollout_id, action=action, ts=time.time(), actor=actor or getpass.getuser(),
                   reason=reason)  # fmt: skip
+    cmd = sign_command(settings, cmd)
     try:
         asyncio.run(asyncio.wait_for(publish_command(settings, cmd), timeout=30))
     except Exception as exc:  # a broker that is down or refuses us: say so, no traceback

@@ -23,9 +23,16 @@ def router(ctx: typer.Context) -> None:
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def api(ctx: typer.Context) -> None:
     """The verdict API: GET /rollouts/{id}, Argo web metric, Flagger webhooks, operator commands."""
-    from connectors.api import main as api_main
+    import os
 
-    api_main(list(ctx.args))
+    from connectors import api as api_module
+    from stream.commands import signing_sink
+
+    # commands it publishes are signed with the worker's key (ROLLOUT_GATE_COMMAND_HMAC_KEY); its
+    # token (ROLLOUT_GATE_API_TOKEN) is read by connectors.api, which refuses commands without one
+    key = os.environ.get("ROLLOUT_GATE_COMMAND_HMAC_KEY") or None
+    api_module.KafkaCommandSink = signing_sink(api_module.KafkaCommandSink, key.encode() if key else None)
+    api_module.main(list(ctx.args))
 
 
 @app.command("fake-upstream", context_settings=_PASS_THROUGH, add_help_option=False)

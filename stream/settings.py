@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from gates.policy import PolicyError, PolicySet, load_policy
 
 ENV_PREFIX = "ROLLOUT_GATE_"
+DEFAULT_MAX_LIVE_ROLLOUTS = 1000
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -68,7 +69,7 @@ class Settings(BaseSettings):
     session_timeout_seconds: float = Field(10.0, ge=6, le=300)
 
     # Admission: what a publisher sending endless new rollout ids can make the worker hold
-    max_live_rollouts: int = Field(1000, ge=1, description="rollouts neither halted nor complete; events of "
+    max_live_rollouts: int = Field(DEFAULT_MAX_LIVE_ROLLOUTS, ge=1, description="rollouts neither halted nor complete; events of "
                                    "a new rollout beyond it go to the dead-letter topic (gates.admission)")
     metrics_max_rollouts: int = Field(2000, ge=1, description="rollouts with series on /metrics")
 
