@@ -477,7 +477,8 @@ def reason_code(reason: str) -> str:
     head = reason.split(" ", 1)[0]
     if not head.isidentifier():
         return "invalid"
-    return f"{head}_missing" if reason.endswith(" is missing") else f"{head}_invalid"
+    missing = reason.endswith(" is missing") or reason.startswith(f"{head} is missing:")
+    return f"{head}_missing" if missing else f"{head}_invalid"
 
 
 def split_rejections(decoded: list[Decoded]) -> tuple[list[Event], list[Rejection]]:

@@ -102,6 +102,9 @@ class Runtime(mode.Service):
 
     async def on_start(self) -> None:
         w = self.wiring
+        warning = command_auth_warning(w.settings)
+        if warning is not None:
+            log.warning(warning)
         w.metrics.heartbeat = time.monotonic()
         if self.server is None:
             self.server = MetricsServer(w.metrics, w.settings.metrics_host, w.settings.metrics_port)
@@ -153,16 +156,17 @@ def _default_engine_factory(policy: PolicySet) -> Callable[[], EngineLike]:
 
 
 def command_auth(settings: Settings) -> CommandAuth:
-    """From the settings, with the startup warning when commands are not authenticated."""
-    if settings.command_key is None:
-        if settings.commands_allow_unsigned:
-            log.warning("no ROLLOUT_GATE_COMMAND_HMAC_KEY and ROLLOUT_GATE_COMMANDS_ALLOW_UNSIGNED=true: operator "
-                        "commands are NOT authenticated; anyone who can write to the commands topic can "
-                        "pause, promote or roll back")
-        else:
-            log.warning("no ROLLOUT_GATE_COMMAND_HMAC_KEY: every operator command will be refused and "
-                        "dead-lettered")
     return CommandAuth(settings.command_key, settings.commands_allow_unsigned)
+
+
+def command_auth_warning(settings: Settings) -> str | None:
+    """The line logged at start when operator commands are not authenticated."""
+    if settings.command_key is not None:
+        return None
+    if settings.commands_allow_unsigned:
+        return ("no ROLLOUT_GATE_COMMAND_HMAC_KEY and ROLLOUT_GATE_COMMANDS_ALLOW_UNSIGNED=true: operator commands "
+                "are NOT authenticated; anyone who can write to the commands topic can pause, promote or roll back")
+    return "no ROLLOUT_GATE_COMMAND_HMAC_KEY: every operator command will be refused and dead-lettered"
 
 
 def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | None = None,
