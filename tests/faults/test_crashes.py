@@ -125,17 +125,17 @@ def test_a_broker_restart_mid_rollout_gives_the_uninterrupted_decisions(
         back = time.monotonic()
         assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
         asyncio.run(produce(bootstrap, topics.events, [(b"chat-b", v) for v in values[cut:]]))
-        produced = time.monotonic()
-        msgs = asyncio.run(read_until(bootstrap, topics.decisions, lambda m: len(m) > len(first), timeout=120))
-        next_decision = time.monotonic() - produced
         msgs = asyncio.run(read_until(bootstrap, topics.decisions, has_action("chat-b", "complete", "halt"),
                                       timeout=180))
+        completed = time.monotonic() - back
         assert worker.proc.poll() is None, "the worker stopped during the broker restart:\n" + worker.log_tail()
+        assert "stopping the worker" not in worker.log_path.read_text(errors="replace")
         got, repeats = by_seq(msgs, "chat-b")
         expected = engine_decisions(values, f"{topics.events}:0")
         assert got == expected, first_difference(got, expected)
-        print(f"\nbroker restart: down and back in {back - down:.1f} s; first decision {next_decision:.1f} s after "
-              f"the rest was produced; decisions equal the uninterrupted run's ({len(got)}, {repeats} re-emitted)")
+        print(f"\nbroker restart: down and back in {back - down:.1f} s; the same worker process (never restarted) "
+              f"completed the rollout {completed:.1f} s after the broker was back, the remaining 2/3 of its events "
+              f"produced after it; decisions equal the uninterrupted run's ({len(got)}, {repeats} re-emitted)")
     finally:
         worker.stop()
         asyncio.run(delete_topics_with_prefixes(bootstrap, [topics.app_id]))
