@@ -10,7 +10,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, FilePath, SecretStr, ValidationError, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gates.policy import PolicyError, PolicySet, load_policy
@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     command_hmac_key: SecretStr | None = Field(None, min_length=16)
     commands_allow_unsigned: bool = False
     api_token: SecretStr | None = Field(None, min_length=16)
+
+    @field_validator("command_hmac_key", "api_token", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, v: Any) -> Any:
+        # an empty variable (a chart or compose file leaving it blank) means "not configured"
+        return None if v == "" else v
 
     @model_validator(mode="after")
     def _security_consistent(self) -> Settings:

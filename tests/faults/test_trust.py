@@ -230,3 +230,16 @@ def test_a_worker_without_a_key_warns_at_start_and_refuses_every_command(
     assert [m.headers[REASON_HEADER].decode() for m in dlq] == [NO_KEY_REASON] * 2
     assert "no ROLLOUT_GATE_COMMAND_HMAC_KEY: every operator command will be refused" in worker.log_path.read_text()
     logging.getLogger(__name__).info("refused as expected")
+
+
+def test_an_empty_secret_is_not_configured_and_a_short_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.settings import SettingsError
+
+    monkeypatch.setenv("ROLLOUT_GATE_COMMAND_HMAC_KEY", "")
+    monkeypatch.setenv("ROLLOUT_GATE_API_TOKEN", "")
+    s = load_settings()
+    assert s.command_key is None and s.api_token is None
+    monkeypatch.setenv("ROLLOUT_GATE_COMMAND_HMAC_KEY", "short")
+    with pytest.raises(SettingsError, match="ROLLOUT_GATE_COMMAND_HMAC_KEY") as err:
+        load_settings()
+    assert "short" not in str(err.value)
