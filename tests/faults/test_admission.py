@@ -14,6 +14,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -134,3 +135,40 @@ def test_metrics_show_at_most_the_configured_rollouts_and_an_expired_one_frees_i
     text = m.render().decode()
     assert 'rollout="c"' in text and 'rollout="a"' not in text
     assert metric_value(text, "rollout_gate_metrics_unshown_rollouts") == 0
+
+
+def test_admission_takes_new_rollouts_in_sorted_order_and_a_redelivered_message_admits_none() -> None:
+    from gates import admission
+    from gates.engine import Engine
+    from gates.events import InferenceEvent
+    from gates.policy import parse_policy
+    from tests.integration.streams import FAST_POLICY
+
+    def ev(rid: str, ts: float = 1_767_225_600.0) -> InferenceEvent:
+        return InferenceEvent(rollout_id=rid, arm="canary", request_id="q", ts=ts, latency_ms=1.0,
+                              output_tokens=1, status="ok")
+
+    engine = Engine(parse_policy(FAST_POLICY))
+    # two slots, three new rollouts in one message: the first two in sorted order get them
+    keep, refused = admission.admit(engine, [ev("c"), ev("a"), ev("b"), ev("a")], 2, source="s", offset=0)
+    assert [e.rollout_id for e in keep] == ["a", "b", "a"] and [r.rollout_id for r in refused] == ["c"]
+    engine.ingest(keep, source="s", offset=0)
+    assert engine.live_rollouts() == 2
+    # full: a new one is refused, a known one is not
+    keep, refused = admission.admit(engine, [ev("d"), ev("a")], 2, source="s", offset=1)
+    assert [e.rollout_id for e in keep] == ["a"] and refused[0].reason.startswith("rollout cap: 2 rollouts")
+    # a message delivered again after a restart (offset already counted) admits no new rollout,
+    # even with room, as it did not the first time
+    engine.command(rollback("a"), source="c", offset=0)
+    assert engine.live_rollouts() == 1
+    engine.ingest(keep, source="s", offset=1)
+    keep, refused = admission.admit(engine, [ev("c")], 2, source="s", offset=0)
+    assert keep == [] and len(refused) == 1
+    keep, refused = admission.admit(engine, [ev("c")], 2, source="s", offset=2)
+    assert keep == [ev("c")] and refused == []
+
+
+def rollback(rid: str) -> Any:
+    from gates.commands import Command
+
+    return Command(rollout_id=rid, action="rollback", ts=1_767_225_601.0)
