@@ -113,18 +113,20 @@ def test_a_broker_restart_mid_rollout_gives_the_uninterrupted_decisions(
     bootstrap = f"127.0.0.1:{own_broker['KAFKA_PORT']}"
     worker.env["ROLLOUT_GATE_KAFKA_BOOTSTRAP"] = bootstrap
     values = healthy_values("chat-b", seed=12)
-    cut = len(values) // 3
+    cut, cut2 = len(values) // 3, 2 * len(values) // 3
     worker.start(ready_timeout=90)
     try:
         asyncio.run(produce(bootstrap, topics.events, [(b"chat-b", v) for v in values[:cut]]))
         first = asyncio.run(read_until(bootstrap, topics.decisions, lambda m: len(m) >= 2, timeout=60))
         assert len(first) >= 2
+        # the second third right before the restart: the worker is still folding it when the broker stops
+        asyncio.run(produce(bootstrap, topics.events, [(b"chat-b", v) for v in values[cut:cut2]]))
         script = str(REPO / "scripts" / "kafka-local")
         down = time.monotonic()
         subprocess.run([script, "restart"], env=own_broker, check=True, timeout=240, capture_output=True)
         back = time.monotonic()
         assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()
-        asyncio.run(produce(bootstrap, topics.events, [(b"chat-b", v) for v in values[cut:]]))
+        asyncio.run(produce(bootstrap, topics.events, [(b"chat-b", v) for v in values[cut2:]]))
         msgs = asyncio.run(read_until(bootstrap, topics.decisions, has_action("chat-b", "complete", "halt"),
                                       timeout=180))
         completed = time.monotonic() - back
@@ -134,8 +136,9 @@ def test_a_broker_restart_mid_rollout_gives_the_uninterrupted_decisions(
         expected = engine_decisions(values, f"{topics.events}:0")
         assert got == expected, first_difference(got, expected)
         print(f"\nbroker restart: down and back in {back - down:.1f} s; the same worker process (never restarted) "
-              f"completed the rollout {completed:.1f} s after the broker was back, the remaining 2/3 of its events "
-              f"produced after it; decisions equal the uninterrupted run's ({len(got)}, {repeats} re-emitted)")
+              f"completed the rollout {completed:.1f} s after the broker was back (a third of its events produced just "
+              f"before the restart, the last third after it); decisions equal the uninterrupted run's "
+              f"({len(got)}, {repeats} re-emitted)")
     finally:
         worker.stop()
         asyncio.run(delete_topics_with_prefixes(bootstrap, [topics.app_id]))
