@@ -20,7 +20,7 @@ import numpy as np
 
 from gates import window as win
 from gates.checks import evaluate_gates
-from gates.commands import Command
+from gates.commands import Command, replay_reason
 from gates.decision import Decision, GateResult
 from gates.drift import MIN_SHIFT, Detectors, DriftState, canary_onset
 from gates.events import ARMS, Event, InferenceEvent
@@ -63,6 +63,10 @@ class RolloutState(msgspec.Struct):
     # samples per arm when the rollout ended: its window is dropped then, so an ended rollout keeps
     # a few hundred bytes of state, not its blocks and sketches
     final_samples: dict[str, int] = {}
+    # operator commands applied: the latest one's ts and the nonces applied at that ts, so that a
+    # command sent again (captured and replayed) is refused (gates.commands.replay_reason)
+    command_ts: float = -math.inf
+    command_nonces: list[str] = []
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -125,6 +129,26 @@ class Engine:
         self._dirty: set[str] = set()
         # the latest event time seen in any rollout: the worker's clock for idle rollouts
         self.event_time = -math.inf
+        self._live = 0  # rollouts neither halted nor complete (gates.admission caps them)
+        self._source_high: dict[str, int] = {}  # the highest offset counted, per source
+
+    def knows(self, rollout_id: str) -> bool:
+        return rollout_id in self._states
+
+    def live_rollouts(self) -> int:
+        return self._live
+
+    def source_offset(self, source: str) -> int:
+        """The highest offset of ``source`` any rollout counted (-1 if none)."""
+        return self._source_high.get(source, -1)
+
+    def command_replayed(self, cmd: Command, source: str | None = None, offset: int | None = None) -> str | None:
+        """Why the rollout refuses ``cmd`` as a replay, or None (also for a message delivered again
+        after a restart, which ``command`` skips by its offset)."""
+        st = self._states.get(cmd.rollout_id)
+        if st is None or (source is not None and offset is not None and st.offsets.get(source, -1) >= offset):
+            return None
+        return replay_reason(cmd, st.command_ts, st.command_nonces)
 
     # ---- queries ---------------------------------------------------------------------------
     def rollout_ids(self) -> list[str]:
@@ -188,7 +212,11 @@ class Engine:
         st = _decoder.decode(blob)
         if st.rollout_id != rollout_id:
             raise ValueError(f"snapshot is for rollout {st.rollout_id!r}, not {rollout_id!r}")
+        old = self._states.get(rollout_id)
+        self._live += (not st.terminal) - (old is not None and not old.terminal)
         self._states[rollout_id] = st
+        for source, off in st.offsets.items():
+            self._source_high[source] = max(self._source_high.get(source, -1), off)
         self._pending.pop(rollout_id, None)
         self._detectors.pop(rollout_id, None)
         self.event_time = max(self.event_time, st.watermark)
@@ -266,6 +294,10 @@ class Engine:
         if st is None or st.terminal:
             return out
         self._flush(st)
+        if cmd.ts > st.command_ts:
+            st.command_ts, st.command_nonces = cmd.ts, [cmd.nonce]
+        else:
+            st.command_nonces.append(cmd.nonce)
         who = f"{cmd.actor}" + (f": {cmd.reason}" if cmd.reason else "")
         if cmd.action == "pause":
             if not st.paused:
@@ -296,6 +328,8 @@ class Engine:
             if st.offsets.get(source, -1) >= offset:
                 return None
             st.offsets[source] = offset
+            if offset > self._source_high.get(source, -1):
+                self._source_high[source] = offset
         self._dirty.add(rid)
         return st
 
@@ -335,6 +369,7 @@ class Engine:
             else:
                 st.canary_digest = digest
         self._states[rollout_id] = st
+        self._live += 1
         self._dirty.add(rollout_id)
         if shadow:
             return st, None
@@ -479,6 +514,7 @@ class Engine:
     def _retire(self, st: RolloutState) -> None:
         """An ended rollout keeps its identity, seq, digests, verdicts and counters (late events are
         still ignored, and a restart still knows it ended), but not its window or detectors."""
+        self._live -= 1
         self._pending.pop(st.rollout_id, None)
         self._detectors.pop(st.rollout_id, None)
         st.final_samples = _samples(st)

@@ -24,16 +24,30 @@ NEGATIVE_FEEDBACK: frozenset[str] = frozenset({"down", "ticket"})
 # The typed structs double as a strict fast path: msgspec validates in C, and anything it
 # refuses (an RFC 3339 ts, a null refusal, a bad value) is re-read by the lenient path below,
 # which accepts what the contract allows and names the problem otherwise.
-_Id = Annotated[str, msgspec.Meta(min_length=1)]
-MAX_TS = 1e11  # year 5138: a larger ts is epoch milliseconds or microseconds by mistake
+# A rollout id becomes a Kafka key, a label on /metrics and part of log lines: short and printable.
+MAX_ROLLOUT_ID = 256
+MAX_REQUEST_ID = 1024
+_CONTROL = "\x00-\x1f\x7f-\x9f"
+_HAS_CONTROL = re.compile(f"[{_CONTROL}]")
+# control characters are looked for once per distinct rollout id of a message (_printable_ids), not
+# per event by msgspec: a pattern here doubles the cost of decoding
+_RolloutId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ROLLOUT_ID)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_REQUEST_ID)]
+# 2100-01-01: a later ts is epoch milliseconds or microseconds by mistake, or a broken clock (one
+# event far in the future would move the worker's event-time clock for every rollout)
+MAX_TS = 4_102_444_800.0
+MAX_NUMBER = 1e15
 _Time = Annotated[float, msgspec.Meta(ge=0, le=MAX_TS)]
-_NonNeg = Annotated[float, msgspec.Meta(ge=0, le=1e15)]
+_NonNeg = Annotated[float, msgspec.Meta(ge=0, le=MAX_NUMBER)]
+# the largest message value decoded (Kafka's default max.message.bytes is about 1 MiB): a larger
+# one is rejected whole, before it is parsed
+MAX_MESSAGE_BYTES = 1 << 20
 MAX_COUNT = 10**9  # no request has a billion tokens; larger values are garbage (and overflow int64 columns)
 _Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
 
 
 class InferenceEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="inference"):
-    rollout_id: _Id
+    rollout_id: _RolloutId
     arm: Literal["baseline", "canary", "shadow"]
     request_id: _Id
     ts: _Time
@@ -52,7 +66,7 @@ class InferenceEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", ta
 
 
 class FeedbackEvent(msgspec.Struct, frozen=True, gc=False, tag_field="type", tag="feedback"):
-    rollout_id: _Id
+    rollout_id: _RolloutId
     arm: Literal["baseline", "canary", "shadow"]
     request_id: _Id
     ts: _Time
@@ -121,7 +135,7 @@ def parse_ts(value: Any, field: str = "ts") -> float:
         if not math.isfinite(f) or f < 0:
             raise ValueError(f"{field} must be a finite, non-negative epoch time")
         if f > MAX_TS:
-            raise ValueError(f"{field} must be epoch seconds (this looks like milliseconds or later)")
+            raise ValueError(f"{field} must be epoch seconds before 2100 (this looks like milliseconds or later)")
         return f
     if isinstance(value, str):
         # fromisoformat alone also takes ISO 8601 forms RFC 3339 does not (a bare date, week dates,
@@ -143,12 +157,30 @@ def parse_ts(value: Any, field: str = "ts") -> float:
     raise ValueError(f"{field} is missing" if value is None else f"{field} has the wrong type")
 
 
-def _str(w: _Wire, field: str) -> str:
+def _str(w: _Wire, field: str, max_length: int) -> str:
     v = getattr(w, field)
     if v is None:
         raise ValueError(f"{field} is missing")
     if not isinstance(v, str) or not v:
         raise ValueError(f"{field} must be a non-empty string")
+    if len(v) > max_length:
+        raise ValueError(f"{field} must be at most {max_length} characters, not {len(v):,}")
+    return v
+
+
+def rollout_id_problem(rid: str) -> str | None:
+    """Why ``rollout_id`` is unfit (too long, control characters), or None."""
+    if len(rid) > MAX_ROLLOUT_ID:
+        return f"rollout_id must be at most {MAX_ROLLOUT_ID} characters, not {len(rid):,}"
+    if _HAS_CONTROL.search(rid):
+        return _CONTROL_REASON
+    return None
+
+
+def _rollout_id(w: _Wire) -> str:
+    v = _str(w, "rollout_id", MAX_ROLLOUT_ID)
+    if _HAS_CONTROL.search(v):
+        raise ValueError(_CONTROL_REASON)
     return v
 
 
@@ -174,6 +206,8 @@ def _num(w: _Wire, field: str, *, required: bool) -> float | None:
         raise ValueError(f"{field} must be finite")
     if f < 0:
         raise ValueError(f"{field} must be >= 0")
+    if f > MAX_NUMBER:
+        raise ValueError(f"{field} must be <= {MAX_NUMBER:g}")
     return f
 
 
@@ -198,13 +232,13 @@ def _int(w: _Wire, field: str, *, required: bool) -> int | None:
 def from_wire(w: _Wire) -> Event:
     """Validate one loosely-decoded object; raises ValueError with the reason."""
     kind = w.type
-    rollout_id = _str(w, "rollout_id")
+    rollout_id = _rollout_id(w)
     arm = w.arm
     if arm is None:
         raise ValueError("arm is missing")
     if arm not in ARMS:
         raise ValueError(f"arm must be one of baseline, canary, shadow, not {str(arm)[:20]!r}")
-    request_id = _str(w, "request_id")
+    request_id = _str(w, "request_id", MAX_REQUEST_ID)
     ts = parse_ts(w.ts)
     if kind == "inference":
         status = w.status
@@ -253,6 +287,8 @@ def _rejection(reason: str, obj: Any, raw: bytes | None = None) -> Rejection:
         rid = obj.rollout_id
     elif isinstance(obj, dict) and isinstance(obj.get("rollout_id"), str):
         rid = obj["rollout_id"]
+    if rid is not None and (len(rid) > MAX_ROLLOUT_ID or _HAS_CONTROL.search(rid)):
+        rid = None  # not fit for a Kafka key or a log line either: the dead letter keeps the message's key
     if raw is None:
         try:
             raw = msgspec.json.encode(obj)
@@ -268,8 +304,48 @@ def _one(w: _Wire, raw: bytes | None = None) -> Decoded:
         return _rejection(str(exc), w, raw)
 
 
+def _unfit(raw: bytes) -> Rejection | None:
+    """A message refused whole before it is parsed: too large."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Rejection(reason=f"message is {len(raw):,} bytes, more than the {MAX_MESSAGE_BYTES:,} allowed",
+                         raw=raw)
+    return None
+
+
+def _too_deep(raw: bytes) -> list[Decoded]:
+    return [Rejection(reason="not valid JSON: nested too deeply", raw=raw)]
+
+
 def decode_message(raw: bytes) -> list[Decoded]:
-    """Decode one Kafka message value: a JSON object or a JSON array of objects."""
+    """Decode one Kafka message value: a JSON object or a JSON array of objects (not empty)."""
+    unfit = _unfit(raw)
+    if unfit is not None:
+        return [unfit]
+    try:
+        out = _decode_message(raw)
+    except RecursionError:  # msgspec refuses deep nesting by raising this one
+        return _too_deep(raw)
+    if not out:
+        return [Rejection(reason="message holds no events (an empty array)", raw=raw)]
+    return _printable_ids(out, raw)
+
+
+_CONTROL_REASON = "rollout_id must not contain control characters"
+
+
+def _printable_ids(out: list[Decoded], raw: bytes | None = None) -> list[Decoded]:
+    """The events whose rollout id holds a control character, as rejections (``raw``: the message,
+    kept for a one-event message; an array element is re-encoded)."""
+    ids = {rid for d in out if type(d) is not Rejection and (rid := d.rollout_id) is not None}
+    bad = {rid for rid in ids if _HAS_CONTROL.search(rid)}
+    if not bad:
+        return out
+    whole = raw if raw is not None and len(out) == 1 and raw.lstrip()[:1] == b"{" else None
+    return [Rejection(reason=_CONTROL_REASON, raw=whole or encode_event(d))  # type: ignore[arg-type]
+            if type(d) is not Rejection and d.rollout_id in bad else d for d in out]
+
+
+def _decode_message(raw: bytes) -> list[Decoded]:
     head = raw.lstrip()[:1]
     try:
         if head == b"[":
@@ -301,6 +377,8 @@ def _decode_slow(raw: bytes) -> list[Decoded]:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "recursion" in str(exc).lower():
+            return _too_deep(raw)
         return [Rejection(reason=f"not valid JSON: {exc}", raw=raw)]
     items = obj if isinstance(obj, list) else [obj]
     out: list[Decoded] = []
@@ -354,28 +432,27 @@ def decode_lines(lines: list[bytes]) -> list[Decoded]:
     """Decode JSONL lines (one event per line); blank lines are skipped."""
     try:
         # the whole chunk in one call when every line is a well-formed event with its "type"
-        return list(_union_decoder.decode_lines(b"".join(lines)))
-    except msgspec.DecodeError:
+        fast: list[Decoded] = list(_union_decoder.decode_lines(b"".join(lines)))
+        if not any(_HAS_CONTROL.search(rid) for rid in {d.rollout_id for d in fast if d.rollout_id is not None}):
+            return fast
+        # else each line again, so that the rejection keeps the line's own bytes
+    except (msgspec.DecodeError, RecursionError):
         pass
     out: list[Decoded] = []
-    append = out.append
     for line in lines:
-        fast = _fast_one(line)
-        if fast is not None:
-            append(fast)
-            continue
-        line = line.strip()
-        if not line:
-            continue
-        if line[:1] != b"{":
-            out.extend(_decode_slow(line))  # names the problem: not JSON, or not an object
-            continue
         try:
-            out.append(_one(_wire_decoder.decode(line), line))
-        except msgspec.DecodeError as exc:
-            out.extend(_decode_slow(line) if isinstance(exc, msgspec.ValidationError) else
-                       [Rejection(reason=f"not valid JSON: {exc}", raw=line)])
+            out.extend(_decode_line(line))
+        except RecursionError:
+            out.extend(_too_deep(line.strip()))
     return out
+
+
+def _decode_line(line: bytes) -> list[Decoded]:
+    """One JSONL line as decode_message reads one Kafka message (a blank line holds nothing)."""
+    if not line.strip():
+        return []
+    line = line.rstrip(b"\r\n")
+    return decode_message(line)
 
 
 def encode_event(event: Event) -> bytes:
@@ -389,12 +466,19 @@ def reason_code(reason: str) -> str:
     """A low-cardinality label for metrics, e.g. ``latency_ms_invalid`` or ``arm_missing``."""
     if reason.startswith("not valid JSON"):
         return "invalid_json"
+    if reason.startswith("rollout cap"):
+        return "rollout_cap"
+    if reason.startswith("message is"):
+        return "too_large"
+    if reason.startswith("message holds no events"):
+        return "empty"
     if "JSON object" in reason:
         return "not_an_object"
     head = reason.split(" ", 1)[0]
     if not head.isidentifier():
         return "invalid"
-    return f"{head}_missing" if reason.endswith(" is missing") else f"{head}_invalid"
+    missing = reason.endswith(" is missing") or reason.startswith(f"{head} is missing:")
+    return f"{head}_missing" if missing else f"{head}_invalid"
 
 
 def split_rejections(decoded: list[Decoded]) -> tuple[list[Event], list[Rejection]]:

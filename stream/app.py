@@ -22,7 +22,7 @@ from gates.policy import PolicySet
 
 from .metrics import Metrics, MetricsServer
 from .notify import Notifier
-from .processor import DeadLetter, EngineLike, Processor, Record
+from .processor import CommandAuth, DeadLetter, EngineLike, Processor, Record
 from .settings import Settings
 from .status import LiveState
 
@@ -104,6 +104,9 @@ class Runtime(mode.Service):
 
     async def on_start(self) -> None:
         w = self.wiring
+        warning = command_auth_warning(w.settings)
+        if warning is not None:
+            log.warning(warning)
         w.metrics.heartbeat = time.monotonic()
         if self.server is None:
             self.server = MetricsServer(w.metrics, w.settings.metrics_host, w.settings.metrics_port)
@@ -176,6 +179,20 @@ def _default_engine_factory(policy: PolicySet) -> Callable[[], EngineLike]:
     return lambda: Engine(policy)
 
 
+def command_auth(settings: Settings) -> CommandAuth:
+    return CommandAuth(settings.command_key, settings.commands_allow_unsigned)
+
+
+def command_auth_warning(settings: Settings) -> str | None:
+    """The line logged at start when operator commands are not authenticated."""
+    if settings.command_key is not None:
+        return None
+    if settings.commands_allow_unsigned:
+        return ("no ROLLOUT_GATE_COMMAND_HMAC_KEY and ROLLOUT_GATE_COMMANDS_ALLOW_UNSIGNED=true: operator commands "
+                "are NOT authenticated; anyone who can write to the commands topic can pause, promote or roll back")
+    return "no ROLLOUT_GATE_COMMAND_HMAC_KEY: every operator command will be refused and dead-lettered"
+
+
 def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | None = None,
               metrics: Metrics | None = None) -> Wiring:
     policy = settings.load_policy()
@@ -214,9 +231,11 @@ def bootstrap(settings: Settings, *, engine_factory: Callable[[], EngineLike] | 
     # rollout's state in the partition of its events); values are engine snapshots.
     table = app.Table(STATE_TABLE, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions,
                       use_partitioner=True, help="engine snapshot per rollout (gates.engine)")
-    metrics = metrics if metrics is not None else Metrics(ended_retention_seconds=settings.metrics_ended_retention_seconds)
+    metrics = metrics if metrics is not None else Metrics(ended_retention_seconds=settings.metrics_ended_retention_seconds,
+                                                          max_rollouts=settings.metrics_max_rollouts)
     sink = KafkaSink(settings, table)
-    processor = Processor(factory, sink, metrics)
+    processor = Processor(factory, sink, metrics, max_live_rollouts=settings.max_live_rollouts,
+                          command_auth=command_auth(settings))
     live = LiveState(processor, metrics)
     notifier = Notifier.from_settings(settings, metrics)
     processor.watchers += [live.decided, notifier.decided]

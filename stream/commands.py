@@ -6,6 +6,7 @@ import os
 import shutil
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -66,6 +67,35 @@ def kafka(action: KafkaAction = typer.Argument(..., help="start | stop | status 
         typer.echo("rollout-gate: bash is required to run scripts/kafka-local", err=True)
         raise typer.Exit(2)
     os.execv(bash, [bash, str(script), action.value])
+
+
+def sign_command(settings: Any, cmd: Any) -> Any:
+    """``cmd`` signed with the settings' command key and a fresh nonce (gates.commands); unsigned,
+    with a warning, when no key is set (the worker then refuses it unless it allows unsigned ones)."""
+    import secrets
+
+    from gates.commands import sign
+
+    key = settings.command_key
+    if key is None:
+        typer.echo("rollout-gate: no ROLLOUT_GATE_COMMAND_HMAC_KEY: the command goes unsigned, and a worker "
+                   "with a key (or without ROLLOUT_GATE_COMMANDS_ALLOW_UNSIGNED) refuses it", err=True)
+        return cmd
+    return sign(cmd, key, secrets.token_hex(16))
+
+
+def signing_sink(base: Any, key: bytes | None) -> Any:
+    """A subclass of the API's command sink (connectors.api.KafkaCommandSink) that signs each command
+    before it is published, so the worker accepts what the API sends."""
+    import secrets
+
+    from gates.commands import sign
+
+    class SigningCommandSink(base):  # type: ignore[misc, valid-type]
+        async def send(self, command: Any) -> None:
+            await super().send(command if key is None else sign(command, key, secrets.token_hex(16)))
+
+    return SigningCommandSink
 
 
 # rollout-gate router | api | fake-upstream live in stream/services.py

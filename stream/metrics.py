@@ -140,13 +140,18 @@ class Metrics:
     """Every metric of the worker, in its own registry (tests build as many as they like)."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, clock: Callable[[], float] = time.time,
-                 ended_retention_seconds: float = 86400.0) -> None:
+                 ended_retention_seconds: float = 86400.0, max_rollouts: int | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._clock = clock
         # an ended rollout's series stay this long (its final state on the dashboard), then go, so
         # the number of series follows the rollouts in flight, not every rollout ever run
         self.ended_retention_seconds = ended_retention_seconds
         self._actions: dict[str, set[str]] = {}
+        # at most this many rollouts have series (labels rollout=...): the first ones seen, until an
+        # ended one expires; the others are only counted, so /metrics stays small whatever comes in
+        self.max_rollouts = max_rollouts
+        self._series: set[str] = set()
+        self._unshown: set[str] = set()
         r = self.registry
         self.rollouts = RolloutGauges(clock)
         r.register(self.rollouts)
@@ -169,6 +174,12 @@ class Metrics:
                                         ["action", "reason"], registry=r)
         self.notifications = Counter("rollout_gate_notifications", "Decision notifications by outcome",
                                      ["sink", "outcome"], registry=r)
+        self.rejected_commands = Counter("rollout_gate_rejected_commands", "Operator commands sent to the "
+                                         "dead-letter topic (unsigned, bad signature, replayed, invalid)",
+                                         ["reason"], registry=r)
+        self.unshown = Gauge("rollout_gate_metrics_unshown_rollouts",
+                             "Rollouts without per-rollout series: over ROLLOUT_GATE_METRICS_MAX_ROLLOUTS",
+                             registry=r)
         self._drift_seen: dict[tuple[str, str, str], int] = {}
         # /readyz and /healthz state, read from the server thread.
         self.ready = False
@@ -184,15 +195,35 @@ class Metrics:
         for reason, n in reasons.items():
             self.rejected.labels(reason).inc(n)
 
+    def count_command_rejections(self, reasons: Tally[str]) -> None:
+        for reason, n in reasons.items():
+            self.rejected_commands.labels(reason).inc(n)
+
+    def shown(self, rollout_id: str) -> bool:
+        """Whether the rollout has series on /metrics (taken on the first look while there is room)."""
+        if self.max_rollouts is None or rollout_id in self._series:
+            return True
+        if len(self._series) < self.max_rollouts:
+            self._series.add(rollout_id)
+            self._unshown.discard(rollout_id)
+            self.unshown.set(len(self._unshown))
+            return True
+        if rollout_id not in self._unshown:
+            self._unshown.add(rollout_id)
+            self.unshown.set(len(self._unshown))
+        return False
+
     def count_decision(self, decision: Decision) -> None:
+        if not self.shown(decision.rollout_id):
+            return
         self.known(decision.rollout_id)
         self.decisions.labels(decision.rollout_id, decision.action).inc()
         self.rollouts.decided(decision.rollout_id, (decision.action, decision.trigger, reason_code(decision),
                                                     float(decision.ts)))
 
     def known(self, rollout_id: str) -> None:
-        """Create the rollout's decision counters at 0 for every action (once)."""
-        if rollout_id in self._actions:
+        """Create the rollout's decision counters at 0 for every action (once), if it has series."""
+        if rollout_id in self._actions or not self.shown(rollout_id):
             return
         self._actions[rollout_id] = set(DECISION_ACTIONS)
         for action in DECISION_ACTIONS:
@@ -203,6 +234,8 @@ class Metrics:
 
     def observe_status(self, rollout_id: str, status: Any) -> None:
         """Mirror one rollout's engine status (gates.engine.RolloutStatus) into the gauges."""
+        if not self.shown(rollout_id):
+            return
         self.known(rollout_id)
         gates = tuple(
             (g.name, int(_STATUS_CODE.get(g.status, Verdict.INSUFFICIENT)),
@@ -232,6 +265,7 @@ class Metrics:
         """Drop every series of rollouts that ended more than ``ended_retention_seconds`` ago."""
         gone = self.rollouts.remove_ended_before(self._clock() - self.ended_retention_seconds)
         for rid in gone:
+            self._series.discard(rid)
             for action in self._actions.pop(rid, ()):
                 self.decisions.remove(rid, action)
             for k in [k for k in self._drift_seen if k[0] == rid]:

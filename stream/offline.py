@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from stream.cli import app
+from stream.settings import DEFAULT_MAX_LIVE_ROLLOUTS
 
 err = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -34,10 +35,16 @@ def _policy(path: Path | None):  # type: ignore[no-untyped-def]
         raise fail(f"{exc}") from None
 
 
-def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = None, chunk_lines: int = 16384):  # type: ignore[no-untyped-def]
-    """Fold a JSONL event log through the engine; write decision JSONL to ``out``.
+def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = None, chunk_lines: int = 16384,  # type: ignore[no-untyped-def]
+                  max_live_rollouts: int | None = None, rejected: IO[bytes] | None = None):
+    """Fold a JSONL event log through the engine; write decision JSONL to ``out`` (and each
+    rejection as a JSON line to ``rejected``). One line is read as the worker reads one message,
+    the live-rollout cap included.
 
     Returns (events, rejections by reason, decisions by action)."""
+    import orjson
+
+    from gates import admission
     from gates.engine import Engine
     from gates.events import decode_lines, split_rejections
 
@@ -58,10 +65,27 @@ def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = 
             if not lines:
                 break
             good, bad = split_rejections(decode_lines(lines))
+            cap = max_live_rollouts
+            if cap is not None and good and engine.live_rollouts() + len(admission.new_rollouts(engine, good)) > cap:
+                # the cap may refuse some: line by line, exactly as the worker admits message by message
+                folded: list = []  # type: ignore[type-arg]
+                bad = []
+                for line in lines:
+                    g, b = split_rejections(decode_lines([line]))
+                    g, refused = admission.admit(engine, g, cap, raw=line.rstrip(b"\r\n"))
+                    bad.extend(b)
+                    bad.extend(refused)
+                    n_events += len(g)
+                    folded.extend(engine.ingest(g))
+                decisions = folded
+            else:
+                n_events += len(good)
+                decisions = engine.ingest(good)
             for r in bad:
                 rejections[r.reason] += 1
-            n_events += len(good)
-            for dec in engine.ingest(good):
+                if rejected is not None:
+                    rejected.write(orjson.dumps({"reason": r.reason, "rollout_id": r.rollout_id}) + b"\n")
+            for dec in decisions:
                 actions[dec.action] += 1
                 write(dec.to_json() + b"\n")
             if show:
@@ -73,6 +97,11 @@ def replay_stream(src: IO[bytes], out: IO[bytes], policy, *, size: int | None = 
 def replay(
     events: str = typer.Argument(..., help="JSONL event log, or - for standard input"),
     policy: Path | None = typer.Option(None, "--policy", "-p", help=POLICY_HELP),
+    max_live_rollouts: int = typer.Option(DEFAULT_MAX_LIVE_ROLLOUTS, "--max-live-rollouts", min=1,
+                                          envvar="ROLLOUT_GATE_MAX_LIVE_ROLLOUTS",
+                                          help="the worker's cap on live rollouts (the same setting)"),
+    rejections_out: Path | None = typer.Option(None, "--rejections", help="write each rejected event's reason "
+                                               "as a JSON line here"),
 ) -> None:
     """Fold an event log through the gate engine: decisions as JSONL on stdout, a summary on stderr.
 
@@ -88,11 +117,15 @@ def replay(
             raise fail(f"{p}: no such file")
         src = p.open("rb")
         size = p.stat().st_size
+    rejected = rejections_out.open("wb") if rejections_out is not None else None
     try:
-        n, rejections, actions = replay_stream(src, sys.stdout.buffer, pol, size=size)
+        n, rejections, actions = replay_stream(src, sys.stdout.buffer, pol, size=size,
+                                               max_live_rollouts=max_live_rollouts, rejected=rejected)
     finally:
         if src is not sys.stdin.buffer:
             src.close()
+        if rejected is not None:
+            rejected.close()
     sys.stdout.buffer.flush()
     rej = sum(rejections.values())
     err.print(f"events: {n:,}  rejected: {rej:,}  decisions: {sum(actions.values()):,} "

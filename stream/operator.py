@@ -28,6 +28,7 @@ import typer
 from gates.commands import ACTIONS, Command
 from gates.decision import Decision, decode_decision
 from stream.cli import app
+from stream.commands import sign_command
 
 EXIT_TIMEOUT = 1
 EXIT_USAGE = 2
@@ -300,6 +301,7 @@ def command(
         before = out["rollout"]
     cmd = Command(rollout_id=rollout_id, action=action, ts=time.time(), actor=actor or getpass.getuser(),
                   reason=reason)  # fmt: skip
+    cmd = sign_command(settings, cmd)
 
     async def send() -> tuple[dict[Any, int], tuple[int, int]]:
         start = await _end_offsets(settings, settings.decisions_topic)

@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from gates.commands import decode_command
+from gates import admission
+from gates.commands import decode_command, verify
 from gates.decision import Decision
-from gates.events import ARMS, Rejection, decode_message, reason_code, split_rejections
+from gates.events import ARMS, MAX_ROLLOUT_ID, Rejection, decode_message, reason_code, split_rejections
 
 from .clock import EventClock
 from .metrics import Metrics
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 
 REASON_HEADER = "x-rollout-gate-reason"
 SOURCE_HEADER = "x-rollout-gate-source"
+SIZE_HEADER = "x-rollout-gate-original-size"  # on a dead letter cut to DEAD_LETTER_MAX_BYTES
+# a dead letter keeps this much of the bad message: enough to see what it was, small enough for
+# the producer's request limit whatever the events topic allows
+DEAD_LETTER_MAX_BYTES = 64 * 1024
+NO_KEY_REASON = ("signature is missing: no command key is configured (ROLLOUT_GATE_COMMAND_HMAC_KEY), so "
+                 "operator commands are refused")
 # the longest a batch holds the event loop without handing it back
 YIELD_EVERY_SECONDS = 0.005
 _ARM = operator.attrgetter("arm")
@@ -74,6 +81,11 @@ class EngineLike(Protocol):
     def snapshot(self, rollout_id: str) -> bytes: ...
     def restore(self, rollout_id: str, blob: bytes) -> None: ...
     def status(self, rollout_id: str) -> Any: ...
+    # gates.admission and the command replay check
+    def knows(self, rollout_id: str) -> bool: ...
+    def live_rollouts(self) -> int: ...
+    def source_offset(self, source: str) -> int: ...
+    def command_replayed(self, cmd: Any, source: str | None = None, offset: int | None = None) -> str | None: ...
 
 
 class Sink(Protocol):
@@ -93,9 +105,32 @@ class Sink(Protocol):
 Rewind = Callable[[str, int, int], Awaitable[int]]
 
 
+@dataclass(frozen=True)
+class CommandAuth:
+    """How operator commands are authenticated: signed under ``key``; with no key, refused unless
+    ``allow_unsigned`` (then taken as they come)."""
+
+    key: bytes | None = None
+    allow_unsigned: bool = False
+
+    def __repr__(self) -> str:  # never the key
+        return f"CommandAuth(key={'set' if self.key else None}, allow_unsigned={self.allow_unsigned})"
+
+    def problem(self, cmd: Any) -> str | None:
+        if self.key is not None:
+            return verify(cmd, self.key)
+        return None if self.allow_unsigned else NO_KEY_REASON
+
+
+UNAUTHENTICATED = CommandAuth(allow_unsigned=True)
+
+
 class Processor:
     def __init__(self, engine_factory: Callable[[], EngineLike], sink: Sink, metrics: Metrics,
-                 *, clock: Callable[[], float] = time.time, rewind: Rewind | None = None) -> None:
+                 *, clock: Callable[[], float] = time.time, rewind: Rewind | None = None,
+                 max_live_rollouts: int | None = None, command_auth: CommandAuth = UNAUTHENTICATED) -> None:
+        self.max_live_rollouts = max_live_rollouts
+        self.command_auth = command_auth
         self._engine_factory = engine_factory
         self.engine = engine_factory()
         self.sink = sink
@@ -150,6 +185,10 @@ class Processor:
                     handed_back = now
                 # per message, not per event: split in one pass, count arms in C
                 events, bad = split_rejections(decode_message(rec.value or b""))
+                if events and self.max_live_rollouts is not None:
+                    events, refused = admission.admit(self.engine, events, self.max_live_rollouts,
+                                                      source=rec.source, offset=rec.offset, raw=rec.value)
+                    bad.extend(refused)
                 for item in bad:
                     letters.append(_dead_letter(rec, item.reason, item.raw, item.rollout_id))
                     reasons[reason_code(item.reason)] += 1
@@ -179,6 +218,10 @@ class Processor:
             records, seeks = self._admit(records)
             for rec in records:
                 cmd = decode_command(rec.value or b"")
+                if not isinstance(cmd, Rejection):
+                    why = self._command_problem(cmd, rec)
+                    if why is not None:
+                        cmd = Rejection(reason=why, raw=rec.value or b"", rollout_id=cmd.rollout_id)
                 if isinstance(cmd, Rejection):
                     letters.append(_dead_letter(rec, cmd.reason, cmd.raw, cmd.rollout_id))
                     reasons[reason_code(cmd.reason)] += 1
@@ -192,9 +235,22 @@ class Processor:
             if letters:
                 await self.sink.dead_letter(letters)
             await self._finish(decisions)
-            self.metrics.count_rejections(reasons)
+            self.metrics.count_command_rejections(reasons)
             await self._settle(records, seeks)
             return decisions
+
+    def _command_problem(self, cmd: Any, rec: Record) -> str | None:
+        """Why an operator command is refused: not authentic, a replay, or a new rollout over the cap."""
+        why = self.command_auth.problem(cmd)
+        if why is not None:
+            return why
+        why = self.engine.command_replayed(cmd, source=rec.source, offset=rec.offset)
+        if why is not None:
+            return why
+        engine, cap = self.engine, self.max_live_rollouts
+        if cap is not None and not engine.knows(cmd.rollout_id) and engine.live_rollouts() >= cap:
+            return admission.REASON.format(n=engine.live_rollouts())
+        return None
 
     async def tick(self, now: float | None = None) -> list[Decision]:
         async with self._lock:
@@ -257,8 +313,13 @@ class Processor:
 
 def _dead_letter(rec: Record, reason: str, raw: bytes, rollout_id: str | None) -> DeadLetter:
     key = rollout_id.encode() if rollout_id else rec.key
+    if key is not None and len(key) > 4 * MAX_ROLLOUT_ID:
+        key = None  # a message key no rollout id can be
     headers = [
-        (REASON_HEADER, reason.encode("utf-8", "replace")),
+        (REASON_HEADER, reason.encode("utf-8", "replace")[:1024]),
         (SOURCE_HEADER, f"{rec.topic}:{rec.partition}:{rec.offset}".encode()),
     ]
+    if len(raw) > DEAD_LETTER_MAX_BYTES:
+        headers.append((SIZE_HEADER, str(len(raw)).encode()))
+        raw = raw[:DEAD_LETTER_MAX_BYTES]
     return DeadLetter(key=key, value=raw, headers=headers)

@@ -48,6 +48,14 @@ def router(ctx: typer.Context) -> None:
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def api(ctx: typer.Context) -> None:
     """The verdict API: rollouts with live gates, history, Argo web metric, Flagger webhooks, commands."""
+    from connectors import api as api_module
+    from stream.commands import signing_sink
+
+    # commands it publishes are signed with the worker's key (ROLLOUT_GATE_COMMAND_HMAC_KEY); its
+    # token (ROLLOUT_GATE_API_TOKEN) guards the mutating calls, which are refused without one.
+    # build_api_app imports the sink from connectors.api when it runs, so it takes the signing one.
+    key = os.environ.get("ROLLOUT_GATE_COMMAND_HMAC_KEY") or None
+    api_module.KafkaCommandSink = signing_sink(api_module.KafkaCommandSink, key.encode() if key else None)
     api_main(list(ctx.args))
 
 

@@ -10,12 +10,13 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, FilePath, SecretStr, ValidationError, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gates.policy import PolicyError, PolicySet, load_policy
 
 ENV_PREFIX = "ROLLOUT_GATE_"
+DEFAULT_MAX_LIVE_ROLLOUTS = 1000
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -82,6 +83,24 @@ class Settings(BaseSettings):
     notify_timeout_seconds: float = Field(5.0, gt=0, le=60, description="per HTTP attempt")
     notify_queue_size: int = Field(1000, ge=1, description="notifications waiting per sink; more are dropped")
 
+    # Admission: what a publisher sending endless new rollout ids can make the worker hold
+    max_live_rollouts: int = Field(DEFAULT_MAX_LIVE_ROLLOUTS, ge=1, description="rollouts neither halted nor complete; events of "
+                                   "a new rollout beyond it go to the dead-letter topic (gates.admission)")
+    metrics_max_rollouts: int = Field(2000, ge=1, description="rollouts with series on /metrics")
+
+    # Trust. Operator commands are signed (HMAC-SHA256, gates.commands); without a key they are
+    # refused unless COMMANDS_ALLOW_UNSIGNED is set (development only). The API token guards the
+    # HTTP API's mutating calls (rollout-gate api). Both are secrets: never logged, never in repr.
+    command_hmac_key: SecretStr | None = Field(None, min_length=16)
+    commands_allow_unsigned: bool = False
+    api_token: SecretStr | None = Field(None, min_length=16)
+
+    @field_validator("command_hmac_key", "api_token", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, v: Any) -> Any:
+        # an empty variable (a chart or compose file leaving it blank) means "not configured"
+        return None if v == "" else v
+
     @model_validator(mode="after")
     def _security_consistent(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL_") and (
@@ -100,6 +119,9 @@ class Settings(BaseSettings):
     @property
     def worker_base_urls(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.worker_urls.split(",") if u.strip()]
+
+    def command_key(self) -> bytes | None:
+        return None if self.command_hmac_key is None else self.command_hmac_key.get_secret_value().encode()
 
     @property
     def bootstrap_servers(self) -> list[str]:

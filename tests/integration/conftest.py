@@ -13,6 +13,8 @@ from tests.integration.streams import FAST_POLICY
 from tests.integration.workerproc import Worker, free_port
 
 REPO = Path(__file__).resolve().parents[2]
+# operator commands to the test workers are signed with this key (gates.commands.sign)
+COMMAND_KEY = b"integration-test-command-key"
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ def worker_env(kafka_bootstrap: str, topics: Topics, fast_policy: Path) -> dict[
         "ROLLOUT_GATE_METRICS_HOST": "127.0.0.1",
         "ROLLOUT_GATE_METRICS_PORT": str(free_port()),
         "ROLLOUT_GATE_TICK_SECONDS": "1",
+        "ROLLOUT_GATE_COMMAND_HMAC_KEY": COMMAND_KEY.decode(),
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         "PYTHONUNBUFFERED": "1",
     })

@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.conftest import REPO, Topics
+from gates.commands import Command, sign
+from tests.integration.conftest import COMMAND_KEY, REPO, Topics
 from tests.integration.helpers import (
     decoded,
     engine_decisions,
@@ -208,8 +209,8 @@ def test_operator_pause_holds_and_topics_have_the_right_configs(worker: Worker, 
     worker.start()
     events = healthy("chat-p", seconds=8)
     run(produce(kafka_bootstrap, topics.events, messages(events, 50)))
-    pause = orjson.dumps({"rollout_id": "chat-p", "action": "pause", "ts": events[-1]["ts"], "actor": "alice",
-                          "reason": "looking at latency"})
+    pause = sign(Command(rollout_id="chat-p", action="pause", ts=events[-1]["ts"], actor="alice",
+                         reason="looking at latency"), COMMAND_KEY, "n-1").to_json()
     run(produce(kafka_bootstrap, topics.commands, [(b"chat-p", pause), (b"chat-p", b"{}")]))
     msgs = run(read_until(kafka_bootstrap, topics.decisions, has_action("chat-p", "hold"), timeout=60))
     hold = [d for d in of("chat-p", decoded(msgs)) if d["action"] == "hold"]

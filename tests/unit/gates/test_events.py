@@ -147,7 +147,7 @@ def test_rfc3339_ts_with_z_or_offset_equals_the_epoch_value(text: str, expected:
 
 @given(
     st.datetimes(
-        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+        min_value=datetime(1971, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)
     ),
     st.integers(min_value=-14 * 60, max_value=14 * 60),
 )
@@ -317,10 +317,11 @@ def test_array_of_valid_events_decodes_all_in_order() -> None:
     objs = [with_(INFERENCE, request_id=f"r{i}", ts=TS + i) for i in range(5)]
     out = decode_message(orjson.dumps(objs))
     assert [e.request_id for e in out] == [f"r{i}" for i in range(5)]  # type: ignore[union-attr]
-    assert decode_message(b"[]") == []
+    (empty,) = decode_message(b"[]")  # a message with no events is a producer's bug worth hearing about
+    assert isinstance(empty, Rejection) and empty.reason == "message holds no events (an empty array)"
 
 
-@given(st.lists(st.sampled_from(["untagged", "tagged", "feedback", "string-ts", "bad"]), max_size=12))
+@given(st.lists(st.sampled_from(["untagged", "tagged", "feedback", "string-ts", "bad"]), min_size=1, max_size=12))
 @settings(max_examples=60, deadline=None, derandomize=True)
 def test_any_array_decodes_as_the_lenient_path_does_element_by_element(kinds: list[str]) -> None:
     # the typed fast paths (whole array, or element by element for inference events without "type"
@@ -386,9 +387,10 @@ def test_decode_lines_of_a_jsonl_file_body() -> None:
 
 _finite = st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False)
 _text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+_rollout_id = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=12)
 _inference = st.builds(
     InferenceEvent,
-    rollout_id=_text,
+    rollout_id=_rollout_id,
     arm=st.sampled_from(["baseline", "canary", "shadow"]),
     request_id=_text,
     ts=st.floats(min_value=0, max_value=4e9),
@@ -403,7 +405,7 @@ _inference = st.builds(
 )
 _feedback = st.builds(
     FeedbackEvent,
-    rollout_id=_text,
+    rollout_id=_rollout_id,
     arm=st.sampled_from(["baseline", "canary", "shadow"]),
     request_id=_text,
     ts=st.floats(min_value=0, max_value=4e9),

@@ -67,6 +67,18 @@ class FakeEngine:
                 self._st(rid)["offsets"][source] = offset
         return out
 
+    def knows(self, rollout_id: str) -> bool:
+        return rollout_id in self.state
+
+    def live_rollouts(self) -> int:
+        return len(self.state)
+
+    def source_offset(self, source: str) -> int:
+        return max((st["offsets"].get(source, -1) for st in self.state.values()), default=-1)
+
+    def command_replayed(self, cmd: Any, source: str | None = None, offset: int | None = None) -> str | None:
+        return None
+
     def command(self, cmd: Any, source: str | None = None, offset: int | None = None) -> list[Decision]:
         st = self._st(cmd.rollout_id)
         if source is not None and offset is not None:
