@@ -48,14 +48,6 @@ def router(ctx: typer.Context) -> None:
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def api(ctx: typer.Context) -> None:
     """The verdict API: rollouts with live gates, history, Argo web metric, Flagger webhooks, commands."""
-    from connectors import api as api_module
-    from stream.commands import signing_sink
-
-    # commands it publishes are signed with the worker's key (ROLLOUT_GATE_COMMAND_HMAC_KEY); its
-    # token (ROLLOUT_GATE_API_TOKEN) guards the mutating calls, which are refused without one.
-    # build_api_app imports the sink from connectors.api when it runs, so it takes the signing one.
-    key = os.environ.get("ROLLOUT_GATE_COMMAND_HMAC_KEY") or None
-    api_module.KafkaCommandSink = signing_sink(api_module.KafkaCommandSink, key.encode() if key else None)
     api_main(list(ctx.args))
 
 
@@ -226,12 +218,15 @@ def _refusal_counter(counter_cls: Any) -> Any:
 
 
 def build_api_app(kafka: Any, *, token: str | None, worker_urls: list[str], decisions_topic: str,
-                  commands_topic: str) -> Any:
+                  commands_topic: str, command_key: bytes | None = None) -> Any:
+    """The API's aiohttp application. Commands it publishes are signed with ``command_key`` (the
+    worker's ROLLOUT_GATE_COMMAND_HMAC_KEY), without which the worker refuses them."""
     from connectors.api import KafkaCommandSink
     from connectors.subscriber import DecisionSubscriber
+    from stream.commands import signing_sink
 
     subscriber = DecisionSubscriber(kafka, topic=decisions_topic)
-    sink = KafkaCommandSink(kafka, commands_topic)
+    sink = signing_sink(KafkaCommandSink, command_key)(kafka, commands_topic)
     workers = WorkerClient(worker_urls)
     history: dict[str, dict[int, Any]] = {}
 
@@ -277,6 +272,10 @@ def api_main(argv: list[str] | None = None) -> None:
     token = os.environ.get("ROLLOUT_GATE_API_TOKEN") or None
     if token is None:
         log.warning("api: no ROLLOUT_GATE_API_TOKEN; operator commands are refused")
+    key = os.environ.get("ROLLOUT_GATE_COMMAND_HMAC_KEY") or None
+    if key is None:
+        log.warning("api: no ROLLOUT_GATE_COMMAND_HMAC_KEY; the worker refuses the unsigned commands it would send")
     web.run_app(build_api_app(KafkaConfig.from_env(bootstrap_servers=a.bootstrap), token=token, worker_urls=urls,
-                              decisions_topic=a.decisions_topic, commands_topic=a.commands_topic),
+                              decisions_topic=a.decisions_topic, commands_topic=a.commands_topic,
+                              command_key=key.encode() if key else None),
                 host=a.host, port=a.port)

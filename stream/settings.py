@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     def worker_base_urls(self) -> list[str]:
         return [u.strip().rstrip("/") for u in self.worker_urls.split(",") if u.strip()]
 
+    @property
     def command_key(self) -> bytes | None:
         return None if self.command_hmac_key is None else self.command_hmac_key.get_secret_value().encode()
 

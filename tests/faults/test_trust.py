@@ -154,12 +154,18 @@ def test_the_cli_signs_its_command(monkeypatch: pytest.MonkeyPatch) -> None:
 
     sent: list[Command] = []
 
-    async def fake_publish(settings: Any, c: Command) -> None:
+    async def fake_publish(settings: Any, c: Command) -> tuple[int, int]:
         sent.append(c)
+        return 0, 0
+
+    async def no_offsets(settings: Any, topic: str) -> dict[Any, int]:
+        return {}
 
     monkeypatch.setattr(operator, "publish_command", fake_publish)
+    monkeypatch.setattr(operator, "_end_offsets", no_offsets)
     monkeypatch.setenv("ROLLOUT_GATE_COMMAND_HMAC_KEY", COMMAND_KEY.decode())
-    r = CliRunner().invoke(app, ["command", "pause", "chat-v7", "--reason", "why"])
+    # --force: no worker to ask here; --wait 0: no decision to wait for
+    r = CliRunner().invoke(app, ["command", "pause", "chat-v7", "--reason", "why", "--force", "--wait", "0"])
     assert r.exit_code == 0, r.output
     (c,) = sent
     assert (c.action, c.rollout_id, c.reason) == ("pause", "chat-v7", "why")

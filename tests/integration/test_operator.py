@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.integration.conftest import REPO, Topics
+from gates.commands import Command, sign
+from tests.integration.conftest import COMMAND_KEY, REPO, Topics
 from tests.integration.helpers import decoded, metric_value, of, wait_for
 from tests.integration.kafka_io import produce, read_until
 from tests.integration.streams import BASELINE, CANARY, generate, messages, recent_start
@@ -171,8 +172,10 @@ def test_unknown_rollout_status_list_and_a_raw_command_that_cannot_apply(
     ls = cli(worker, "list")
     assert ls.returncode == 0 and "chat-s" in ls.stdout and "canary-1" in ls.stdout
 
-    # a raw producer bypasses the check: the worker dead-letters the command instead of creating a rollout
-    raw = orjson.dumps({"rollout_id": "chat-ghost", "action": "promote", "ts": 1767225600, "actor": "eve"})
+    # a raw producer bypasses the check (signed, so that applicability is what refuses it): the worker
+    # dead-letters the command instead of creating a rollout
+    raw = sign(Command(rollout_id="chat-ghost", action="promote", ts=1767225600.0, actor="eve"), COMMAND_KEY,
+               "ghost-nonce").to_json()
     run(produce(kafka_bootstrap, topics.commands, [(b"chat-ghost", raw)]))
     dlq = run(read_until(kafka_bootstrap, topics.dlq, lambda m: len(m) >= 1, timeout=30))
     assert dlq[0].headers["x-rollout-gate-reason"].startswith(b"command refused: unknown rollout chat-ghost")

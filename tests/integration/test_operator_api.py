@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from connectors.config import KafkaConfig
 from stream.services import build_api_app
-from tests.integration.conftest import Topics
+from tests.integration.conftest import COMMAND_KEY, Topics
 from tests.integration.helpers import metric_value, wait_for
 from tests.integration.kafka_io import produce
 from tests.integration.streams import BASELINE, CANARY, generate, messages, recent_start
@@ -43,7 +43,8 @@ def test_api_shows_live_gates_history_and_answers_409_for_commands_that_cannot_a
     async def scenario() -> None:
         app: web.Application = build_api_app(KafkaConfig(bootstrap_servers=kafka_bootstrap), token="sesame",
                                              worker_urls=[f"http://127.0.0.1:{worker.port}"],
-                                             decisions_topic=topics.decisions, commands_topic=topics.commands)
+                                             decisions_topic=topics.decisions, commands_topic=topics.commands,
+                                             command_key=COMMAND_KEY)
         async with TestClient(TestServer(app)) as client:
             async def view() -> dict[str, Any]:
                 r = await client.get("/rollouts/chat-a")

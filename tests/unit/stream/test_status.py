@@ -171,7 +171,9 @@ def test_a_command_delivered_again_is_left_to_the_engine_not_refused() -> None:
     assert sink.letters == []
     assert metrics.registry.get_sample_value("rollout_gate_command_refusals_total",
                                              {"action": "pause", "reason": "paused"}) is None
-    again = Record("rollout.commands", 0, 6, b"chat-v7", pause)  # a new pause of a paused rollout
+    # a new pause of a paused rollout (a new command: its own ts and nonce, not the same one again)
+    pause2 = orjson.dumps({"rollout_id": "chat-v7", "action": "pause", "ts": START + 10, "actor": "al", "nonce": "n2"})
+    again = Record("rollout.commands", 0, 6, b"chat-v7", pause2)
     assert asyncio.run(proc.process_commands([again])) == []
     (letter,) = sink.letters
     assert dict(letter.headers)["x-rollout-gate-reason"] == b"command refused: rollout chat-v7 is already paused at canary-1"
