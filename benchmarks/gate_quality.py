@@ -46,6 +46,7 @@ from rich.progress import (
 )
 
 from gates.engine import Engine
+from gates.policy import load_policy
 from gates.sim import SimConfig, parse_injections, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,10 @@ class Scenario:
     specs: tuple[str, ...]
     gate: str | None  # the gate that should name the halt
     note: str = ""
+    # open-loop scenarios: this request rate and a candidate share held whatever the judge decides
+    rps: float | None = None
+    fixed_weight: float | None = None
+    gates_ok: tuple[str, ...] = ()  # other gates whose halt is right too (several metrics injected)
 
 
 # Baseline: error 1 %, refusal 2 % (refusals are drawn among non-errors), so error+refusal = 2.98 %.
@@ -79,6 +84,12 @@ SCENARIOS = (
     Scenario("length shape 0.6", "regression", ("shape=0.6",), "output_length",
              "bimodal lengths (x0.4 / x1.6) at an equal mean"),
     Scenario("feedback x2", "regression", ("feedback=x2",), "feedback", "negative feedback x2 (limit 1.5)"),
+    # turns bad mid-rollout: 20 req/s with the candidate held at 10% (2 canary req/s); from minute 15
+    # refusals 2% -> 8% (error+refusal 3x, limit 2) and cost x1.3 (limit 1.2)
+    Scenario("onset refusal x4 + cost x1.3 at 15 min", "onset", ("refusal=x4", "cost=x1.3", "onset=15"), "errors",
+             "open loop, 20 req/s, 10% canary", rps=20.0, fixed_weight=10.0, gates_ok=("cost",)),
+    Scenario("open feedback x2", "onset", ("feedback=x2",), "feedback",
+             "open loop, 20 req/s, 10% canary, from the start", rps=20.0, fixed_weight=10.0),
     Scenario("at-limit cost x1.2", "threshold", ("cost=x1.2",), "cost", "true ratio = limit 1.2"),
     Scenario("at-limit refusal x2.5", "threshold", ("refusal=x2.5",), "errors", "(1+5)/3 = 2.0x = limit"),
     Scenario("at-limit latency x1.5", "threshold", ("latency=x1.5",), "latency", "P99 x1.5 = limit"),
@@ -101,7 +112,7 @@ def make_judge(name: str, seed: int) -> Any:
     from benchmarks.judges import KayentaJudge, NaiveJudge
 
     if name == "engine":
-        return Engine()
+        return Engine(load_policy(POLICY) if POLICY else None)
     if name == "naive":
         return NaiveJudge()
     if name == "kayenta":
@@ -113,19 +124,32 @@ def make_judge(name: str, seed: int) -> Any:
     raise ValueError(f"unknown judge {name!r}")
 
 
+# set by main() before the worker processes fork: the policy file the engine runs with (None: defaults)
+# and the shared part of the run-to-run noise
+POLICY: str | None = None
+SHARED_NOISE = 0.0
+
+
 def one_run(task: tuple[str, str, int, float, float]) -> dict[str, Any]:
     judge_name, key, seed, rps, max_seconds = task
     sc = BY_KEY[key]
     t0, c0 = time.perf_counter(), time.process_time()
-    cfg = SimConfig(rps=rps, seed=seed, noise=0.15, max_seconds=max_seconds)
-    res = run(make_judge(judge_name, seed), cfg, parse_injections(sc.specs))
+    cfg = SimConfig(rps=sc.rps or rps, seed=seed, noise=0.15, max_seconds=max_seconds, fixed_weight=sc.fixed_weight,
+                    shared_noise=SHARED_NOISE)  # fmt: skip
+    inj = parse_injections(sc.specs)
+    judge = make_judge(judge_name, seed)
+    res = run(judge, cfg, inj)
+    alarms = judge.status(cfg.rollout_id).drift_alarms if isinstance(judge, Engine) and res.decisions else {}
     last = res.decisions[-1] if res.decisions else None
     breached = [g.name for g in last.gates if g.status == "breach"] if last and last.action == "halt" else []
     top_stage = max((s.weight for s in res.stages), default=0.0)
+    right = {sc.gate, *sc.gates_ok} if sc.gate else set()
     return {
         "judge": judge_name, "scenario": key, "seed": seed, "outcome": res.outcome,
         "halted_gate": res.halted_gate, "breached": breached, "halted_stage": res.halted_stage,
-        "right_gate": bool(sc.gate and sc.gate in breached),
+        "right_gate": bool(right & set(breached)),
+        "minutes_after_onset": round((res.duration_s - inj.onset_s) / 60, 2) if res.outcome == "halt" else None,
+        "policy": POLICY, "shared_noise": SHARED_NOISE, "onset_alarms": alarms,
         "canary_requests": res.canary_requests, "canary_requests_to_halt": res.canary_requests_to_halt,
         "duration_s": res.duration_s, "top_weight": top_stage,
         "holds": sum(1 for d in res.decisions if d.action == "hold"),
@@ -181,6 +205,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "median_canary_requests_to_right_halt_all_runs": median_inf(req_right, n),
         "median_minutes_to_halt": _min(median_or_none([r["duration_s"] for r in halts])),
         "median_minutes_to_complete": _min(median_or_none([r["duration_s"] for r in comp])),
+        "median_minutes_after_onset_to_right_halt": median_inf(
+            [r["minutes_after_onset"] for r in right if r.get("minutes_after_onset") is not None], n),
+        "right_halts_within_8_min_of_onset": sum(
+            1 for r in right if r.get("minutes_after_onset") is not None and r["minutes_after_onset"] <= 8),
+        "runs_with_onset_alarms": sum(1 for r in rows if r.get("onset_alarms")),
         "wall_s_total": round(sum(r["wall_s"] for r in rows), 1),
         "cpu_s_total": round(sum(r.get("cpu_s", math.nan) for r in rows), 1),
     }  # fmt: skip
@@ -251,6 +280,18 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{num(s['median_canary_requests_to_right_halt_all_runs'])} | "
             f"{num(s['median_minutes_to_halt'], '{:.1f}')} |"
         )
+    if any(sc.kind == "onset" for sc in SCENARIOS if any(sc.key in res[j] for j in judges)):
+        lines.append("\n### Open loop (candidate share held): halted with the right gate, time from the onset\n")
+        lines.append("| scenario | gate | judge | right-gate halts [95% CI] | within 8 min of onset | "
+                     "median min after onset (all runs) | median canary req. to halt | completed | timeouts |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for sc, j, s, _named in _summaries(res, judges, "onset"):
+            lines.append(
+                f"| {sc.key} | {'/'.join((sc.gate or '-', *sc.gates_ok))} | {j} | {s['halted_right_gate']}/{s['runs']}"
+                f"{ci(s['right_rate_ci95'])} | {s['right_halts_within_8_min_of_onset']}/{s['runs']} | "
+                f"{num(s['median_minutes_after_onset_to_right_halt'], '{:.1f}')} | "
+                f"{num(s['median_canary_requests_to_right_halt'])} | {s['completed']} | {s['timeouts']} |"
+            )
     lines.append("\n### At or under the limit: halted (a false halt; target <= 5% at the limit)\n")
     lines.append("| canary | gate | judge | any halt [95% CI] | gates named | completed | timeouts (stuck at) |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -386,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
         "for the tasks they match (judge, scenario, seed, rps, cap); repeatable",
     )
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--policy", default=None, help="policy file for the engine (default: the built-in policy)")
+    ap.add_argument("--shared-noise", type=float, default=0.0,
+                    help="part of the run-to-run noise shared by both arms (0: independent arms)")
     ap.add_argument("--judges", default=",".join(DEFAULT_JUDGES), help=f"comma list of {', '.join(JUDGES)}")
     ap.add_argument("--scenarios", default="", help="comma list of scenario keys (default: all)")
     ap.add_argument("--out", type=Path, default=None, help="default results/gate_quality.json (--quick: results/quick.json)")
@@ -396,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="smoke test: 4 A/A and 1 run per scenario, 2 h cap")
     args = ap.parse_args(argv)
+    global POLICY, SHARED_NOISE
+    POLICY, SHARED_NOISE = args.policy, args.shared_noise
     if args.quick:
         args.runs_aa, args.runs_reg, args.max_hours, args.max_hours_limit = 4, 1, 2.0, 2.0
     if args.out is None:
@@ -430,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in src.read_text().splitlines():
                 r = json.loads(line)
                 t = wanted.get((r["judge"], r["scenario"], r["seed"]))
-                if t is None or r.get("rps", args.rps) != args.rps or r.get("max_seconds", t[4]) != t[4]:
+                if (t is None or r.get("rps", args.rps) != args.rps or r.get("max_seconds", t[4]) != t[4]
+                        or r.get("policy") != POLICY or r.get("shared_noise", 0.0) != SHARED_NOISE):
                     continue
                 rows.append(r)
                 del wanted[(r["judge"], r["scenario"], r["seed"])]
@@ -470,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": cmd.strip(),
         "config": {
             "runs_aa": args.runs_aa, "runs_reg": args.runs_reg, "seed0": args.seed0, "rps": args.rps,
-            "noise": 0.15, "max_hours": args.max_hours, "max_hours_limit_scenarios": lim_h, "jobs": args.jobs,
+            "noise": 0.15, "shared_noise": SHARED_NOISE, "policy": POLICY,
+            "max_hours": args.max_hours, "max_hours_limit_scenarios": lim_h, "jobs": args.jobs,
             "judges": judges,
             "quick": args.quick,
         },

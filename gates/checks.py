@@ -106,6 +106,24 @@ class Ctx:
             )  # fmt: skip
         return float(got)
 
+    def level_sd(self, side: str, k_field: str) -> float:
+        """The block noise in an arm's window mean of log values (latency or length), in nats: the
+        cluster-robust variance of that mean beyond its per-request part, (design effect - 1) x
+        per-request variance / n. Run-to-run noise moves an arm's whole distribution up or down
+        for a while; this is how uncertain that leaves its level, quantiles included."""
+        got = self.memo.get(("level", side, k_field))
+        if got is None:
+            sums = (self.cols_t if side == "t" else self.cols_b)["_sums"]
+            n = float(sums["n"])
+            if n <= 1:
+                got = 0.0
+            else:
+                m = float(sums[k_field]) / n
+                per_req = max(float(sums[k_field + "_sq"]) / n - m * m, 0.0)
+                got = math.sqrt(max(self.design_effect(side, k_field) - 1.0, 0.0) * per_req / n) * sketch.LN_GAMMA
+            self.memo[("level", side, k_field)] = got
+        return float(got)
+
     def samples(self, test: int | None = None, base: int | None = None) -> dict[str, int]:
         return {
             self.arm: self.n_test if test is None else test,
@@ -237,22 +255,26 @@ class _Tail(NamedTuple):
 
 
 def _quantile_bounds(
-    c: Ctx, store: dict[int, int], q: float, zs: tuple[float, ...], deff: float
+    c: Ctx, store: dict[int, int], q: float, zs: tuple[float, ...], level: float
 ) -> list[tuple[float, float, float] | None]:
-    """Per z of ``zs``: the q-quantile and its order-statistic bounds (lower, upper), widened by
-    ``deff``; all ranks looked up in one search."""
+    """Per z of ``zs``: the q-quantile and its bounds (lower, upper): the order-statistic bounds of
+    the requests as drawn, widened by z x ``level`` (the arm's block noise in nats, see
+    ``Ctx.level_sd``) on the log scale. Adding the two margins instead of their squares keeps the
+    bound conservative; all ranks are looked up in one search."""
     keys, cum = c.sorted_sketch(store)
     if keys.size == 0:
         return [None for _ in zs]
     n = int(cum[-1])
     at = q * (n - 1)
-    halves = [z * math.sqrt(n * q * (1 - q) * deff) for z in zs]
+    halves = [z * math.sqrt(n * q * (1 - q)) for z in zs]
     ranks = [min(max(rank, 0.0), n - 1.0) for half in halves for rank in (at, at - half, at + half)]
     found = cum.searchsorted(ranks, side="right")
     values = list(map(sketch.value_of, keys.take(np.minimum(found, keys.size - 1)).tolist()))
     out: list[tuple[float, float, float] | None] = []
     for j, half in enumerate(halves):
         mid, lo, hi = values[3 * j : 3 * j + 3]
+        widen = math.exp(zs[j] * level)
+        lo, hi = lo / widen, hi * widen
         if at + half > n - 1:
             hi = math.inf  # too few samples to bound the quantile from above
         if at - half < 0:
@@ -269,18 +291,18 @@ def _tail_inputs(c: Ctx, metric: str, q: float) -> tuple[float, Any, Any, Any, A
         b_store = getattr(c.w, metric).get("baseline", {})
         t_store = getattr(c.w, metric).get(c.arm, {})
         k_field = "lat_k" if metric == "lat" else "len_k"
-        deff_b = c.design_effect("b", k_field)
-        deff_t = c.design_effect("t", k_field)
+        level_b = c.level_sd("b", k_field)
+        level_t = c.level_sd("t", k_field)
         zs = (c.z_halt, c.z_promote)
         got = c.memo[("tail", metric, q)] = (
-            deff_t, *_quantile_bounds(c, b_store, q, zs, deff_b), *_quantile_bounds(c, t_store, q, zs, deff_t)
+            level_t, *_quantile_bounds(c, b_store, q, zs, level_b), *_quantile_bounds(c, t_store, q, zs, level_t)
         )
     return got
 
 
 def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool = True) -> _Tail:
     """upper_side: breach when tested quantile > limit x baseline; else when < baseline / limit."""
-    deff_t, qb_h, qb_p, qt, qt_p = _tail_inputs(c, metric, q)
+    level_t, qb_h, qb_p, qt, qt_p = _tail_inputs(c, metric, q)
     if qb_h is None or qt is None or qb_p is None or qt_p is None or qb_h[0] <= 0:
         return _Tail("insufficient", None if qt is None else qt[0], None if qb_h is None else qb_h[0],
                      None, None, None)  # fmt: skip
@@ -288,21 +310,26 @@ def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool
     n_test = c.total("t", "n")
     p0 = 1.0 - q
 
-    def share_above(threshold: float, z: float) -> tuple[float, float, float]:
+    def share_above(threshold: float, z: float, many: bool) -> tuple[float, float, float]:
+        """The tested arm's share of requests above ``threshold``, with Wilson bounds at ``z``.
+        ``many``: the bound is used to claim that many are above (else: that few are); the
+        threshold is then moved by the tested arm's block noise against that claim (z x level up,
+        or down), since the block noise may have lifted or lowered its whole distribution."""
         if not math.isfinite(threshold):
             return 0.0, 0.0, 0.0
         # The tested arm's requests above the threshold, over all its blocks: its window sketch
         # holds exactly its blocks' requests (gates/window.py folds each request into both).
-        # The design effect comes from the arm's log-quantity means, not from these counts: it must
+        # The noise margin comes from the arm's log-quantity means, not from these counts: it must
         # not change with the threshold, or a looser limit could pass less often than a stricter one.
-        pr = proportion(c.count_above(t_store, threshold), n_test, z=z, deff=deff_t)
+        moved = threshold * math.exp(z * level_t if many else -z * level_t)
+        pr = proportion(c.count_above(t_store, moved), n_test, z=z, deff=1.0)
         return pr.p, pr.lower, pr.upper
 
     ratio = qt[0] / qb_h[0]
     if upper_side:
         # breach: even against the largest plausible baseline quantile, too many are above limit x it
-        _, lo_h, _ = share_above(limit * qb_h[2], c.z_halt)
-        _, _, hi_p = share_above(limit * qb_p[1], c.z_promote)
+        _, lo_h, _ = share_above(limit * qb_h[2], c.z_halt, True)
+        _, _, hi_p = share_above(limit * qb_p[1], c.z_promote, False)
         breach = lo_h > p0
         passes = hi_p < p0
         lower = qt[1] / qb_h[2] if math.isfinite(qb_h[2]) and qb_h[2] > 0 else 0.0
@@ -310,8 +337,8 @@ def _tail_check(c: Ctx, metric: str, q: float, limit: float, *, upper_side: bool
     else:
         # breach (too short a tail): even against the smallest plausible baseline quantile, too few
         # are above it / limit
-        _, _, hi_h = share_above(qb_h[1] / limit, c.z_halt)
-        _, lo_p, _ = share_above(qb_p[2] / limit, c.z_promote)
+        _, _, hi_h = share_above(qb_h[1] / limit, c.z_halt, False)
+        _, lo_p, _ = share_above(qb_p[2] / limit, c.z_promote, True)
         breach = hi_h < p0
         passes = lo_p > p0
         lower = qt[1] / qb_h[2] if math.isfinite(qb_h[2]) and qb_h[2] > 0 else 0.0
@@ -374,9 +401,13 @@ def length_gate(c: Ctx) -> GateResult:
         d = (sketch.cdf_distance_sorted(ks, counts_a, kb, counts_b) if ks is not None else
              sketch.cdf_distance(sketch.shifted(ta, shift), ba))  # fmt: skip
     if nt and nb:
-        deff_t = c.design_effect("t", "len_k")
-        deff_b = c.design_effect("b", "len_k")
-        spread = math.sqrt(deff_t / nt + deff_b / nb) / 2.0
+        # after the means are aligned, block noise enters as the error of that alignment: the arms'
+        # level noise (nats, Ctx.level_sd) times the largest density of log length, added to the
+        # requests' own sampling spread (a sum, not a root sum of squares: conservative)
+        sd_log = _log_sd(t["_sums"])
+        f_max = 1.0 / (sd_log * math.sqrt(2 * math.pi)) if sd_log > 0 else 0.0
+        noise = f_max * (c.level_sd("t", "len_k") + c.level_sd("b", "len_k"))
+        spread = math.sqrt(1.0 / nt + 1.0 / nb) / 2.0 + noise
         # DKW: P(sup|F_n - F| > eps) <= 2 exp(-2 n eps^2); z/2 per unit sqrt(1/n) matches the
         # normal bound's tail, and the confidence-sequence z carries the many looks.
         shape_status = ("breach" if d - c.z_halt * spread > g.max_shape_distance else
@@ -425,6 +456,15 @@ def length_gate(c: Ctx) -> GateResult:
         upper=_r(d + c.z_promote * spread) if math.isfinite(spread) else None,
         reason=reason, details=details,
     )  # fmt: skip
+
+
+def _log_sd(sums: dict[str, float]) -> float:
+    """The per-request standard deviation of log output length (nats), from an arm's column totals."""
+    n = float(sums["n"])
+    if n <= 1:
+        return 0.0
+    m = float(sums["len_k"]) / n
+    return math.sqrt(max(float(sums["len_k_sq"]) / n - m * m, 0.0)) * sketch.LN_GAMMA
 
 
 def _log_key_shift(t: dict[str, float], b: dict[str, float]) -> int:

@@ -29,6 +29,7 @@ class DriftState(msgspec.Struct):
     detectors: bytes = b""  # pickled {(arm, signal): ADWIN}
     onset: dict[str, float] = {}  # "arm:signal" -> event time of the last detected change
     alarms: dict[str, int] = {}  # "arm:signal" -> count of onset alarms raised
+    scanned: int = -1  # the block up to which (exclusive) the contrast scan (gates/change.py) last ran
 
 
 class Detectors:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import msgspec
 import numpy as np
 
+from gates import change
 from gates import window as win
 from gates.checks import evaluate_gates
 from gates.commands import Command, replay_reason
@@ -439,6 +440,17 @@ class Engine:
                 if p.drift_reset:
                     self._restart_window(st, cut)
                     w = st.window
+        if p.change_z > 0:
+            upto = math.floor(now / p.block_seconds)  # the blocks before this one are complete
+            if upto > st.drift.scanned:
+                st.drift.scanned = upto
+                ch = change.scan(w, arm, upto, threshold=p.change_z, min_after=p.change_min_blocks)
+                if ch is not None:
+                    key = f"{arm}:{ch.signal}:contrast"
+                    st.drift.alarms[key] = st.drift.alarms.get(key, 0) + 1
+                    if p.drift_reset:
+                        self._restart_window(st, ch.block * p.block_seconds)
+                        w = st.window
         win.compact(w, p.max_window_blocks)
         both = sum(1 for b in w.blocks.values() if b.get(arm) and b[arm].n and b.get("baseline") and b["baseline"].n)
         # Each decision looks at one side of its bound only (halt: is the ratio above the limit;
@@ -457,7 +469,10 @@ class Engine:
         if st.paused:
             return None
         min_n, min_s, max_s = self._step_limits(st, p)
-        if all(g.status == "pass" for g in gates) and n_test >= min_n and elapsed >= min_s and both >= p.min_blocks:
+        # the step's own requests (a window carried over from earlier steps holds theirs too)
+        first = math.floor(st.step_start / p.block_seconds)
+        n_step = sum(b[arm].n for blk, b in w.blocks.items() if arm in b and blk >= first)
+        if all(g.status == "pass" for g in gates) and n_step >= min_n and elapsed >= min_s and both >= p.min_blocks:
             ab = self._ab_verdict(st, p, gates)
             why = (f"All {len(gates)} gates pass at {st.stage} after {elapsed / 60:.1f} min on {n_test:,} "
                    f"{arm} requests{ab}")  # fmt: skip
@@ -521,10 +536,11 @@ class Engine:
         st.window = win.Window(start=st.step_start, block_seconds=st.window.block_seconds)
         st.drift = DriftState(onset=st.drift.onset, alarms=st.drift.alarms)
 
-    def _new_step(self, st: RolloutState, now: float) -> None:
+    def _new_step(self, st: RolloutState, now: float, *, carry: bool = False) -> None:
         p = self.policy(st.rollout_id)
         st.step_start = now
-        st.window = win.Window(start=now, block_seconds=p.block_seconds)
+        if not (carry and p.carry_evidence):
+            st.window = win.Window(start=now, block_seconds=p.block_seconds)
         st.held = False
         st.last_gates = []
 
@@ -538,8 +554,9 @@ class Engine:
             return self._decide(st, now, "complete", f"{why}; canary is at 100%.", previous_weight=prev,
                                 trigger=trigger, gates=st.last_gates)  # fmt: skip
         gates = st.last_gates
+        carry = st.stage != SHADOW  # a shadow's window holds no canary requests
         st.stage = stage_name(st.weight)
-        self._new_step(st, now)
+        self._new_step(st, now, carry=carry)
         return self._decide(st, now, "promote", f"{why}; promoting to {st.weight:g}%.", previous_weight=prev,
                             trigger=trigger, gates=gates)  # fmt: skip
 

@@ -114,10 +114,22 @@ class RolloutPolicy(_Spec):
         "promote is re-checked at the next, larger step",
     )
     cs_rho_blocks: float = Field(
-        8.0, gt=0, description="confidence-sequence tuning: the boundary is tightest near this many blocks"
+        2.0, gt=0, description="confidence-sequence tuning: the boundary is tightest near this many blocks"
     )
     max_window_blocks: int = Field(240, ge=4, description="memory bound on blocks kept per step")
     drift_reset: bool = Field(True, description="restart the step window at a drift onset in the canary")
+    change_z: float = Field(
+        4.5,
+        ge=0,
+        description="onset scan of the canary-minus-baseline contrast (errors, cost) over the "
+        "window's blocks: a change for the worse past this z restarts the window at it; 0 turns it off",
+    )
+    carry_evidence: bool = Field(
+        True,
+        description="a promotion keeps the comparison window: the next step starts with the evidence so far "
+        "(an onset alarm still restarts it) and moves on once its own min_samples and min_step_seconds are met",
+    )
+    change_min_blocks: int = Field(2, ge=1, description="blocks after a split before the scan may report it")
     shadow: ShadowSpec = ShadowSpec()
     ab: ABSpec = ABSpec()
     gates: GatesSpec = GatesSpec()

@@ -142,6 +142,13 @@ class SimConfig:
     shadow: bool = False
     baseline_digest: str = "sha256:baseline0001"
     canary_digest: str = "sha256:canary0002"
+    # open loop: the candidate gets this share (percent) whatever the judge decides (a halt or a
+    # complete still ends the run); None follows the judge's weights (closed loop)
+    fixed_weight: float | None = None
+    # the part of each metric's run-to-run noise shared by both arms (load, time of day): the
+    # factor is sqrt(shared) x a draw common to the arms + sqrt(1 - shared) x the arm's own draw,
+    # so each arm's noise keeps its variance. 0 = independent arms.
+    shared_noise: float = 0.0
 
 
 class Traffic:
@@ -160,7 +167,13 @@ class Traffic:
         if self.cfg.noise <= 0:
             return np.ones(5)
         ss = np.random.SeedSequence([self.noise_rng_seed, period, 0 if arm == "baseline" else 1])
-        return 1.0 + np.random.default_rng(ss).uniform(-self.cfg.noise, self.cfg.noise, 5)
+        own = np.random.default_rng(ss).uniform(-self.cfg.noise, self.cfg.noise, 5)
+        shared = self.cfg.shared_noise
+        if shared <= 0:
+            return 1.0 + own
+        common = np.random.default_rng(np.random.SeedSequence([self.noise_rng_seed, period, 2]))
+        both = common.uniform(-self.cfg.noise, self.cfg.noise, 5)
+        return 1.0 + math.sqrt(shared) * both + math.sqrt(1.0 - shared) * own
 
     def tick(self, t: float, weight: float) -> list[Event]:
         cfg, rng = self.cfg, self.rng
@@ -250,7 +263,7 @@ def run(
 ) -> RunResult:
     traffic = Traffic(cfg, inj)
     t = cfg.start_ts
-    weight = 0.0
+    weight = 0.0 if cfg.fixed_weight is None else cfg.fixed_weight
     decisions: list[Decision] = []
     stages: list[StageRecord] = []
     timeline: list[tuple[float, float, dict[str, float]]] = []
@@ -271,7 +284,8 @@ def run(
                 stages[-1].action = d.action
                 stages[-1].gates = [msg_gate(g) for g in d.gates]
                 stages[-1].samples = dict(d.gates[0].samples) if d.gates else {}
-            weight = d.weight
+            if cfg.fixed_weight is None:
+                weight = d.weight
             timeline.append((d.ts - cfg.start_ts, d.weight, {g.name: g.ratio or math.nan for g in d.gates}))
             if d.action == "halt":
                 outcome = "halt"

@@ -11,8 +11,9 @@ import orjson
 import pytest
 
 from gates.commands import Command
+from gates.decision import Decision
 from gates.engine import Engine, RolloutState
-from gates.events import FeedbackEvent, InferenceEvent, decode_message
+from gates.events import Event, FeedbackEvent, InferenceEvent, decode_message
 from gates.policy import PolicySet, RolloutPolicy, ShadowSpec
 from gates.sim import Injection, SimConfig, parse_injections, run
 
@@ -133,8 +134,42 @@ def test_promote_command_moves_to_the_next_step() -> None:
     assert (d.action, d.stage, d.weight, d.previous_weight, d.trigger) == ("promote", "canary-10", 10.0, 1.0, "operator")
     assert "carol" in d.reason
     assert e.status(RID).stage == "canary-10"
-    # the new step starts from scratch: its window holds nothing yet
+    # the new step keeps the evidence gathered so far (carry_evidence, the default)
+    assert e.status(RID).samples == {"baseline": 1, "canary": 0}
+
+
+def test_without_carry_evidence_a_new_step_starts_from_scratch() -> None:
+    e = Engine(small_policy(carry_evidence=False))
+    e.ingest([ev("baseline", T0)])
+    e.command(cmd("promote", T0 + 3, actor="carol"))
+    assert e.status(RID).stage == "canary-10"
     assert e.status(RID).samples == {"baseline": 0, "canary": 0}
+
+
+def test_a_carried_window_still_waits_for_the_steps_own_samples_and_time() -> None:
+    """The evidence carries over, the step's minimums do not: each step serves min_samples canary
+    requests of its own and lasts min_step_seconds before it moves on."""
+    engine = Engine(small_policy(min_samples=150))
+    served: list[int] = [0]  # canary requests since the last decision
+
+    class Counting:
+        def ingest(self, events: list[Event]) -> list[Decision]:
+            out = []
+            for e in events:  # one at a time, so the count stops at the deciding event
+                for d in engine.ingest([e]):
+                    out.append(d)
+                    served.append(0)
+                if type(e) is InferenceEvent and e.arm == "canary":
+                    served[-1] += 1
+            return out
+
+    res = run(Counting(), SimConfig(rps=100, seed=3, max_seconds=7200), parse_injections([]))
+    steps = [d for d in res.decisions if d.action in ("promote", "complete")]
+    assert [d.weight for d in steps] == [1, 10, 25, 50, 75, 100]
+    for prev, nxt in itertools.pairwise(steps):
+        assert nxt.ts - prev.ts >= SMALL["min_step_seconds"]
+    # served[k]: canary requests between decision k and k+1 (the first one is the start)
+    assert all(n >= 150 for n in served[1 : len(steps)]), served
 
 
 def test_promote_command_on_a_paused_rollout_resumes_it() -> None:
