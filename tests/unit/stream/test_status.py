@@ -53,16 +53,19 @@ def test_between_decisions_the_view_has_live_gates_and_what_the_step_still_needs
     assert v["eta"].startswith("about ")
 
 
-def test_a_paused_rollout_has_no_eta_and_a_promoted_one_starts_a_fresh_step() -> None:
+def test_a_paused_rollout_has_no_eta_and_a_promoted_one_keeps_its_evidence_in_a_new_step() -> None:
     engine = engine_with()
     engine.command(Command(rollout_id="chat-v7", action="pause", ts=START + 9, actor="alice"))
     v = view_of(engine)
+    samples = v["step"]["tested_samples"]
+    assert samples > 0
     assert v["state"] == "paused" and v["paused"] is True and v["eta_seconds"] is None
     assert refusal("pause", "chat-v7", v) == ("paused", "rollout chat-v7 is already paused at canary-1")
     assert refusal("resume", "chat-v7", v) is None
     engine.command(Command(rollout_id="chat-v7", action="promote", ts=START + 9, actor="alice"))
     v = view_of(engine)
-    assert v["stage"] == "canary-10" and v["gates"] == [] and v["step"]["tested_samples"] == 0
+    # the policy's carry_evidence: the next step starts with the window so far, not from nothing
+    assert v["stage"] == "canary-10" and v["gates"] == [] and v["step"]["tested_samples"] == samples
     assert v["needs"]["gates"] == ["(not evaluated yet)"]
     assert refusal("resume", "chat-v7", v)[0] == "not_paused"  # type: ignore[index]
 
