@@ -37,8 +37,9 @@ class Ctx:
     z_promote: float
     cols_t: dict[str, Any]
     cols_b: dict[str, Any]
-    # sorted (keys, cumulative counts, counts) per sketch, built once per evaluation
-    cache: dict[int, tuple[Any, Any, Any]] = field(default_factory=dict)
+    # sorted (keys, cumulative counts, counts) per sketch, built once per evaluation; each entry
+    # holds its store, so no id() in the cache can be reused by a later object (a temporary {})
+    cache: dict[int, tuple[Any, Any, Any, Any]] = field(default_factory=dict)
     # values that several gates of this evaluation derive from the same window (design effects,
     # quantile bounds, column totals): computed once, dropped with the Ctx
     memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
@@ -49,13 +50,13 @@ class Ctx:
 
     def sorted_counts(self, store: dict[int, int]) -> tuple[Any, Any, Any]:
         got = self.cache.get(id(store))
-        if got is None:
+        if got is None or got[0] is not store:
             keys = np.fromiter(store.keys(), dtype=np.int64, count=len(store))
             counts = np.fromiter(store.values(), dtype=np.int64, count=len(store))
             order = keys.argsort()
             counts = counts[order]
-            got = self.cache[id(store)] = (keys[order], counts.cumsum(), counts)
-        return got
+            got = self.cache[id(store)] = (store, keys[order], counts.cumsum(), counts)
+        return got[1], got[2], got[3]
 
     def count_above(self, store: dict[int, int], threshold: float) -> int:
         keys, cum = self.sorted_sketch(store)
