@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
@@ -25,15 +26,17 @@ class SubscriberMetrics:
 
 
 _lock = threading.Lock()
-_publisher: dict[int, PublisherMetrics] = {}
-_subscriber: dict[int, SubscriberMetrics] = {}
+# Keyed by the registry itself, weakly: an id() key outlives a collected registry, and a new registry
+# given the same id would get metrics registered in the dead one.
+_publisher: weakref.WeakKeyDictionary[CollectorRegistry, PublisherMetrics] = weakref.WeakKeyDictionary()
+_subscriber: weakref.WeakKeyDictionary[CollectorRegistry, SubscriberMetrics] = weakref.WeakKeyDictionary()
 
 
 def publisher_metrics(registry: CollectorRegistry | None = None) -> PublisherMetrics:
     reg = registry or REGISTRY
     with _lock:
-        if id(reg) not in _publisher:
-            _publisher[id(reg)] = PublisherMetrics(
+        if reg not in _publisher:
+            _publisher[reg] = PublisherMetrics(
                 dropped=Counter(
                     "rollout_gate_publisher_dropped_total",
                     "Events the publisher dropped instead of blocking the request path",
@@ -52,14 +55,14 @@ def publisher_metrics(registry: CollectorRegistry | None = None) -> PublisherMet
                     "rollout_gate_publisher_buffered_events", "Events waiting in the buffer", registry=reg
                 ),
             )
-        return _publisher[id(reg)]
+        return _publisher[reg]
 
 
 def subscriber_metrics(registry: CollectorRegistry | None = None) -> SubscriberMetrics:
     reg = registry or REGISTRY
     with _lock:
-        if id(reg) not in _subscriber:
-            _subscriber[id(reg)] = SubscriberMetrics(
+        if reg not in _subscriber:
+            _subscriber[reg] = SubscriberMetrics(
                 applied=Counter(
                     "rollout_gate_subscriber_applied_total", "Decisions applied", ["rollout"], registry=reg
                 ),
@@ -80,4 +83,4 @@ def subscriber_metrics(registry: CollectorRegistry | None = None) -> SubscriberM
                     registry=reg,
                 ),
             )
-        return _subscriber[id(reg)]
+        return _subscriber[reg]
