@@ -28,6 +28,7 @@ import binascii
 import contextlib
 import logging
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -305,21 +306,21 @@ class Source:
     encoding: Encoding = "otlp_proto"
 
 
-_metrics: dict[int, Counter] = {}
+_metrics: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
 _metrics_lock = threading.Lock()
 
 
 def bridge_counter(registry: CollectorRegistry | None = None) -> Counter:
     reg = registry or REGISTRY
     with _metrics_lock:
-        if id(reg) not in _metrics:
-            _metrics[id(reg)] = Counter(
+        if reg not in _metrics:
+            _metrics[reg] = Counter(
                 "rollout_gate_otel_records_total",
                 "OTLP spans and log records read by the bridge, by outcome (event, dead_letter, skipped)",
                 ["signal", "outcome"],
                 registry=reg,
             )
-        return _metrics[id(reg)]
+        return _metrics[reg]
 
 
 def _batches(events: list[Event], max_batch: int) -> Iterator[tuple[str, list[Event]]]:
