@@ -210,6 +210,7 @@ def _to_event(attrs: dict[str, Any], m: OtelMapping, *, ts_ns: int, latency_ms: 
         if not error:
             return Rejection(f"{m.output_tokens_attribute} is missing", raw, rollout_id)
         out_tokens = 0  # a failed call produced nothing
+    own_id = attrs.get(m.request_id_attribute) if m.request_id_attribute else None
     reasons = attrs.get(m.finish_reasons_attribute) or []
     if isinstance(reasons, str):
         reasons = [reasons]
@@ -217,7 +218,7 @@ def _to_event(attrs: dict[str, Any], m: OtelMapping, *, ts_ns: int, latency_ms: 
         "type": "inference",
         "rollout_id": rollout_id,
         "arm": arm,
-        "request_id": str(attrs.get(m.request_id_attribute) or request_id) if m.request_id_attribute else request_id,
+        "request_id": str(own_id) if own_id else request_id,
         "ts": ts_ns / 1e9,
         "latency_ms": latency_ms,
         "output_tokens": out_tokens,
@@ -464,8 +465,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[OtelBridge, argparse.Name
     p.add_argument("--cost-attribute", help="a span attribute with the call's cost in USD")
     p.add_argument("--digest-attribute", help="a span attribute with the model's digest")
     a = p.parse_args(argv)
-    sources = [Source(t, s, e) for t, s, e in ((a.traces_topic, "traces", a.traces_encoding),  # type: ignore[misc]
-                                               (a.logs_topic, "logs", a.logs_encoding)) if t]
+    sources = [Source(a.traces_topic, "traces", a.traces_encoding)] if a.traces_topic else []
+    if a.logs_topic:
+        sources.append(Source(a.logs_topic, "logs", a.logs_encoding))
     if not sources:
         p.error("nothing to read: both --traces-topic and --logs-topic are empty")
     mapping = OtelMapping(

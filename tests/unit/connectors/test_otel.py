@@ -65,11 +65,12 @@ def test_what_cannot_be_mapped_is_rejected_with_a_reason(encoding: str) -> None:
 
 def test_configurable_attribute_names_and_arm_map() -> None:
     attrs = genai_attrs(rollout=None, arm=None, **{"deployment.version": "chat-v6", "app.rollout": "r1",
-                                                   "llm.cost_usd": 0.002})
+                                                   "llm.cost_usd": 0.002, "gen_ai.response.id": "chatcmpl-9"})
     m = OtelMapping(rollout_attribute="app.rollout", arm_attribute="deployment.version",
-                    arms={"chat-v6": "baseline", "chat-v7": "canary"}, cost_attribute="llm.cost_usd")
+                    arms={"chat-v6": "baseline", "chat-v7": "canary"}, cost_attribute="llm.cost_usd",
+                    request_id_attribute="gen_ai.response.id")
     (e,) = map_message(encode(traces([span(1, attrs)]), "otlp_proto"), "traces", "otlp_proto", m).events
-    assert (e.rollout_id, e.arm, e.cost_usd) == ("r1", "baseline", 0.002)  # type: ignore[union-attr]
+    assert (e.rollout_id, e.arm, e.cost_usd, e.request_id) == ("r1", "baseline", 0.002, "chatcmpl-9")  # type: ignore[union-attr]
     # the rollout and arm may sit on the resource instead of the span
     res = traces([span(1, genai_attrs(rollout=None, arm=None))], resource={"rollout.id": "r2", "rollout.arm": "baseline"})
     (e,) = map_message(encode(res, "otlp_json"), "traces", "otlp_json", OtelMapping()).events
