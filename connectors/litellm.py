@@ -33,6 +33,7 @@ two deployments' weights on the latest decision, a halt pinning the baseline.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
@@ -237,6 +238,7 @@ class RolloutGateCallback(CustomLogger):  # type: ignore[misc]
                     # Events published meanwhile wait in the publisher's bounded buffer.
                     threading.Thread(target=self._start_publisher, name="rollout-gate-litellm-start",
                                      daemon=True).start()
+                    atexit.register(self.close, 5.0)  # the proxy's shutdown sends what is buffered
         return self._publisher
 
     def _start_publisher(self) -> None:
