@@ -17,7 +17,7 @@ CRDS = Path(__file__).resolve().parent / "crds"
 
 def load(name: str) -> dict[str, Any]:
     doc = yaml.safe_load((CRDS / name).read_text())
-    assert doc["source"].startswith("https://github.com/"), "a vendored schema names where it came from"
+    assert doc["source"].startswith("https://github.com/"), "a vendored file names where it came from"
     return doc  # type: ignore[no-any-return]
 
 

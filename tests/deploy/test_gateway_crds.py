@@ -128,3 +128,20 @@ def test_httproute_splits_between_two_inference_pools() -> None:
         Backend("chat-v7")
     with pytest.raises(ValueError, match="together"):
         Backend("chat-v7", group="inference.networking.k8s.io")
+
+
+def test_httproute_matches_the_inference_extension_rollout_guide() -> None:
+    """The upstream guide's 90/10 HTTPRoute, rendered by the adapter from a 10% decision: the same
+    object, weights in basis points instead of percent."""
+    guide = crd_schema.load("inferencepool-rollout-httproute.yaml")["manifest"]
+    a = GatewayAPIAdapter(
+        FakeKubeClient(), rollout_id="llama3", name="llm-route", namespace="default",
+        parent_refs=guide["spec"]["parentRefs"], matches=guide["spec"]["rules"][0]["matches"],
+        baseline=Backend.inference_pool("vllm-llama3-8b-instruct"), canary=Backend.inference_pool("vllm-llama3-8b-instruct-new"),
+    )
+    m = a.render(decision("llama3", 1, weight=10))
+    expected = copy.deepcopy(guide["spec"])
+    for ref in expected["rules"][0]["backendRefs"]:
+        ref["weight"] *= 100
+    assert (m["apiVersion"], m["kind"], m["metadata"]["name"]) == (guide["apiVersion"], guide["kind"], "llm-route")
+    assert m["spec"] == expected
