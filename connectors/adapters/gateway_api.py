@@ -174,6 +174,9 @@ def inference_pool(
         "spec": {
             "selector": {"matchLabels": dict(match_labels)},
             "targetPorts": [{"number": target_port}],
-            "extensionRef": {"name": endpoint_picker, "portNumber": endpoint_picker_port, "failureMode": failure_mode},
+            # the released v1 API (Inference Extension v1.x) names the picker endpointPickerRef; an
+            # endpoint-picker Service (the default kind) needs its port
+            "endpointPickerRef": {"name": endpoint_picker, "port": {"number": endpoint_picker_port},
+                                  "failureMode": failure_mode},
         },
     }
