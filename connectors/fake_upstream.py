@@ -31,6 +31,7 @@ class UpstreamSpec:
     refusal_rate: float = 0.0
     error_rate: float = 0.0
     error_status: int = 500
+    refusal_finish_reason: str = "stop"  # what a refusal reports; "content_filter" like a provider's filter
 
     def draw_latency(self, rng: random.Random) -> float:
         """Log-normal with the given median and P99, the usual shape of model latency."""
@@ -73,7 +74,7 @@ class FakeUpstream:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def _answer(self, request: web.Request) -> tuple[dict[str, Any], str, int] | web.Response:
+    async def _answer(self, request: web.Request) -> tuple[dict[str, Any], str, int, str] | web.Response:
         body = await request.json()
         self.requests += 1
         spec, rng = self.spec, self.rng
@@ -86,29 +87,29 @@ class FakeUpstream:
                 {"error": {"message": "upstream failure", "type": "server_error"}}, status=spec.error_status
             )
         if refused < spec.refusal_rate:
-            return body, REFUSAL_TEXT, len(REFUSAL_TEXT.split())
-        return body, " ".join(["token"] * n_out), n_out
+            return body, REFUSAL_TEXT, len(REFUSAL_TEXT.split()), spec.refusal_finish_reason
+        return body, " ".join(["token"] * n_out), n_out, "stop"
 
     async def _chat(self, request: web.Request) -> web.Response:
         got = await self._answer(request)
         if isinstance(got, web.Response):
             return got
-        body, text, n_out = got
-        return web.json_response(self._envelope(body, "chat.completion", n_out, text, chat=True))
+        body, text, n_out, finish = got
+        return web.json_response(self._envelope(body, "chat.completion", n_out, text, chat=True, finish=finish))
 
     async def _completion(self, request: web.Request) -> web.Response:
         got = await self._answer(request)
         if isinstance(got, web.Response):
             return got
-        body, text, n_out = got
-        return web.json_response(self._envelope(body, "text_completion", n_out, text, chat=False))
+        body, text, n_out, finish = got
+        return web.json_response(self._envelope(body, "text_completion", n_out, text, chat=False, finish=finish))
 
     def _envelope(
-        self, body: dict[str, Any], obj: str, n_out: int, text: str, *, chat: bool
+        self, body: dict[str, Any], obj: str, n_out: int, text: str, *, chat: bool, finish: str = "stop"
     ) -> dict[str, Any]:
         prompt = body.get("prompt") or " ".join(str(m.get("content", "")) for m in body.get("messages", []))
         n_in = max(1, len(str(prompt).split()))
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish}
         if chat:
             choice["message"] = {"role": "assistant", "content": text}
         else:
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output-tokens", type=int, default=120, help="mean completion tokens")
     p.add_argument("--refusal-rate", type=float, default=0.0)
     p.add_argument("--error-rate", type=float, default=0.0)
+    p.add_argument("--refusal-finish-reason", default="stop", help="finish_reason of a refusal, e.g. content_filter")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     spec = UpstreamSpec(
@@ -149,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         output_tokens=a.output_tokens,
         refusal_rate=a.refusal_rate,
         error_rate=a.error_rate,
+        refusal_finish_reason=a.refusal_finish_reason,
     )
     web.run_app(FakeUpstream(spec, seed=a.seed).app(), host=a.host, port=a.port)
 

