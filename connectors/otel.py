@@ -29,7 +29,7 @@ import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -188,7 +188,9 @@ def _number(v: Any) -> float | None:
 
 
 def _to_event(attrs: dict[str, Any], m: OtelMapping, *, ts_ns: int, latency_ms: float | None, request_id: str,
-              span_error: bool, raw: bytes) -> Event | Rejection | None:
+              span_error: bool, raw: Callable[[], bytes]) -> Event | Rejection | None:
+    """``raw`` renders the span or record for a dead letter; it is called only for one (rendering
+    every span as JSON cost more than the whole mapping)."""
     if m.operation_attribute not in attrs and m.output_tokens_attribute not in attrs:
         return None  # not a GenAI operation
     rollout_id = m.rollout_id or attrs.get(m.rollout_attribute)
@@ -199,16 +201,16 @@ def _to_event(attrs: dict[str, Any], m: OtelMapping, *, ts_ns: int, latency_ms: 
     if arm is None:
         reason = (f"{m.arm_attribute} is missing" if arm_value is None
                   else f"{m.arm_attribute} {arm_value!r} is not an arm (baseline, canary, shadow) nor mapped to one")
-        return Rejection(reason, raw, rollout_id)
+        return Rejection(reason, raw(), rollout_id)
     if latency_ms is None:
-        return Rejection("latency is unknown", raw, rollout_id)
+        return Rejection("latency is unknown", raw(), rollout_id)
     error = span_error or bool(attrs.get(m.error_attribute))
     out_tokens = _count(attrs.get(m.output_tokens_attribute))
     if out_tokens is None:
         if attrs.get(m.output_tokens_attribute) is not None:
-            return Rejection(f"{m.output_tokens_attribute} is not a token count", raw, rollout_id)
+            return Rejection(f"{m.output_tokens_attribute} is not a token count", raw(), rollout_id)
         if not error:
-            return Rejection(f"{m.output_tokens_attribute} is missing", raw, rollout_id)
+            return Rejection(f"{m.output_tokens_attribute} is missing", raw(), rollout_id)
         out_tokens = 0  # a failed call produced nothing
     own_id = attrs.get(m.request_id_attribute) if m.request_id_attribute else None
     reasons = attrs.get(m.finish_reasons_attribute) or []
@@ -238,7 +240,7 @@ def _to_event(attrs: dict[str, Any], m: OtelMapping, *, ts_ns: int, latency_ms: 
     try:
         return validate(event)
     except ValueError as exc:
-        return Rejection(str(exc).removeprefix("invalid event: "), raw, rollout_id)
+        return Rejection(str(exc).removeprefix("invalid event: "), raw(), rollout_id)
 
 
 def _json(message: Any) -> bytes:
@@ -246,40 +248,211 @@ def _json(message: Any) -> bytes:
     return json_format.MessageToJson(message, indent=None).encode()
 
 
-def map_traces(data: Any, m: OtelMapping) -> Mapped:
-    out = Mapped()
+@dataclass(frozen=True)
+class _Item:
+    """One span or log record, whichever encoding it came in."""
+
+    attrs: dict[str, Any]
+    ts_ns: int
+    latency_ms: float | None
+    request_id: str
+    error: bool
+    raw: Callable[[], bytes]
+    event_name: str | None = None  # log records only
+
+
+def _span_item(attrs: dict[str, Any], start: int, end: int, trace_hex: str, span_hex: str, error: bool,
+               raw: Callable[[], bytes]) -> _Item:
+    latency = (end - start) / 1e6 if end and start and end >= start else None
+    return _Item(attrs, end, latency, f"{trace_hex}-{span_hex}", error, raw)
+
+
+def _pb_spans(data: Any) -> Iterator[_Item]:
     for rs in data.resource_spans:
         resource = attributes(rs.resource.attributes)
         for ss in rs.scope_spans:
             for span in ss.spans:
-                attrs = {**resource, **attributes(span.attributes)}
-                start, end = span.start_time_unix_nano, span.end_time_unix_nano
-                latency = (end - start) / 1e6 if end and start and end >= start else None
-                r = _to_event(attrs, m, ts_ns=end, latency_ms=latency,
-                              request_id=f"{span.trace_id.hex()}-{span.span_id.hex()}",
-                              span_error=span.status.code == _STATUS_ERROR, raw=_json(span))
-                _add(out, r)
-    return out
+                yield _span_item({**resource, **attributes(span.attributes)}, span.start_time_unix_nano,
+                                 span.end_time_unix_nano, span.trace_id.hex(), span.span_id.hex(),
+                                 span.status.code == _STATUS_ERROR, lambda span=span: _json(span))
 
 
-def map_logs(data: Any, m: OtelMapping) -> Mapped:
-    out = Mapped()
+def _pb_logs(data: Any) -> Iterator[_Item]:
     for rl in data.resource_logs:
         resource = attributes(rl.resource.attributes)
         for sl in rl.scope_logs:
             for i, rec in enumerate(sl.log_records):
-                attrs = {**resource, **attributes(rec.attributes)}
-                name = rec.event_name or attrs.get("event.name")
-                if name not in m.log_event_names:
-                    out.skipped += 1
-                    continue
-                seconds = _number(attrs.get(m.log_duration_attribute))
-                latency = seconds * 1000.0 if seconds is not None and seconds >= 0 else None
                 ts = rec.time_unix_nano or rec.observed_time_unix_nano
                 rid = f"{rec.trace_id.hex()}-{rec.span_id.hex()}" if rec.span_id else f"log-{ts}-{i}"
-                r = _to_event(attrs, m, ts_ns=ts, latency_ms=latency, request_id=rid, span_error=False, raw=_json(rec))
-                _add(out, r)
+                yield _Item({**resource, **attributes(rec.attributes)}, ts, None, rid, False,
+                            lambda rec=rec: _json(rec), rec.event_name or None)
+
+
+# OTLP/JSON read directly: protobuf's generic JSON parser (json_format.ParseDict) cost about 90% of
+# the bridge's time on otlp_json. The rules are OTLP/JSON's: lowerCamelCase names, ids in hex, 64-bit
+# integers as decimal strings or numbers, enums as integers or names, unknown fields ignored.
+class _Shape(ValueError):
+    pass
+
+
+def _list(node: Any, key: str) -> list[Any]:
+    v = node.get(key) if isinstance(node, dict) else None
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise _Shape(f"{key} is not an array")
+    return v
+
+
+def _obj(node: Any, key: str) -> dict[str, Any]:
+    v = node.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _Shape(f"{key} is not an object")
+    return v
+
+
+def _uint(v: Any, key: str) -> int:
+    if v is None:
+        return 0
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    if isinstance(v, str) and v.isdigit():
+        return int(v)
+    raise _Shape(f"{key} is not an unsigned integer")
+
+
+def _json_value(v: Any) -> Any:
+    if not isinstance(v, dict) or not v:
+        return None
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "boolValue" in v:
+        return v["boolValue"]
+    if "intValue" in v:
+        i = v["intValue"]
+        if isinstance(i, bool) or not isinstance(i, int | str):
+            raise _Shape("intValue is not an integer")
+        try:
+            return int(i)
+        except ValueError:
+            raise _Shape("intValue is not an integer") from None
+    if "doubleValue" in v:
+        d = v["doubleValue"]
+        if isinstance(d, bool) or not isinstance(d, int | float | str):
+            raise _Shape("doubleValue is not a number")
+        try:
+            return float(d)
+        except ValueError:
+            raise _Shape("doubleValue is not a number") from None
+    if "arrayValue" in v:
+        return [_json_value(x) for x in _list(v["arrayValue"], "values")]
+    if "kvlistValue" in v:
+        return _json_attributes(_list(v["kvlistValue"], "values"))
+    if "bytesValue" in v:
+        try:
+            return base64.b64decode(v["bytesValue"], validate=True)
+        except (binascii.Error, TypeError):
+            raise _Shape("bytesValue is not base64") from None
+    return None
+
+
+def _json_attributes(kvs: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        if not isinstance(kv, dict) or not isinstance(kv.get("key"), str):
+            raise _Shape("an attribute has no key")
+        out[kv["key"]] = _json_value(kv.get("value"))
     return out
+
+
+def _json_id(v: Any, key: str) -> str:
+    """A trace or span id as lowercase hex: OTLP/JSON writes hex; base64 from a non-conforming producer
+    is accepted too, as protobuf's JSON mapping would read it."""
+    if v is None or v == "":
+        return ""
+    if not isinstance(v, str):
+        raise _Shape(f"{key} is not a string")
+    if len(v) == 2 * _ID_FIELDS[key]:
+        try:
+            return bytes.fromhex(v).hex()
+        except ValueError:
+            pass
+    try:
+        return base64.b64decode(v, validate=True).hex()
+    except binascii.Error:
+        raise _Shape(f"{key} is neither hex nor base64") from None
+
+
+def _json_error(status: dict[str, Any]) -> bool:
+    return status.get("code") in (_STATUS_ERROR, "STATUS_CODE_ERROR")
+
+
+def _json_spans(doc: dict[str, Any]) -> list[_Item]:
+    out = []
+    for rs in _list(doc, "resourceSpans"):
+        resource = _json_attributes(_list(_obj(rs, "resource"), "attributes"))
+        for ss in _list(rs, "scopeSpans"):
+            for span in _list(ss, "spans"):
+                if not isinstance(span, dict):
+                    raise _Shape("a span is not an object")
+                out.append(_span_item({**resource, **_json_attributes(_list(span, "attributes"))},
+                                      _uint(span.get("startTimeUnixNano"), "startTimeUnixNano"),
+                                      _uint(span.get("endTimeUnixNano"), "endTimeUnixNano"),
+                                      _json_id(span.get("traceId"), "traceId"), _json_id(span.get("spanId"), "spanId"),
+                                      _json_error(_obj(span, "status")), lambda span=span: orjson.dumps(span)))
+    return out
+
+
+def _json_logs(doc: dict[str, Any]) -> list[_Item]:
+    out = []
+    for rl in _list(doc, "resourceLogs"):
+        resource = _json_attributes(_list(_obj(rl, "resource"), "attributes"))
+        for sl in _list(rl, "scopeLogs"):
+            for i, rec in enumerate(_list(sl, "logRecords")):
+                if not isinstance(rec, dict):
+                    raise _Shape("a log record is not an object")
+                ts = _uint(rec.get("timeUnixNano"), "timeUnixNano") or _uint(rec.get("observedTimeUnixNano"),
+                                                                              "observedTimeUnixNano")
+                span_id = _json_id(rec.get("spanId"), "spanId")
+                rid = f"{_json_id(rec.get('traceId'), 'traceId')}-{span_id}" if span_id else f"log-{ts}-{i}"
+                name = rec.get("eventName")
+                out.append(_Item({**resource, **_json_attributes(_list(rec, "attributes"))}, ts, None, rid, False,
+                                 lambda rec=rec: orjson.dumps(rec), name if isinstance(name, str) and name else None))
+    return out
+
+
+def _map_spans(items: Iterable[_Item], m: OtelMapping) -> Mapped:
+    out = Mapped()
+    for it in items:
+        _add(out, _to_event(it.attrs, m, ts_ns=it.ts_ns, latency_ms=it.latency_ms, request_id=it.request_id,
+                            span_error=it.error, raw=it.raw))
+    return out
+
+
+def _map_logs(items: Iterable[_Item], m: OtelMapping) -> Mapped:
+    out = Mapped()
+    for it in items:
+        name = it.event_name or it.attrs.get("event.name")
+        if name not in m.log_event_names:
+            out.skipped += 1
+            continue
+        seconds = _number(it.attrs.get(m.log_duration_attribute))
+        latency = seconds * 1000.0 if seconds is not None and seconds >= 0 else None
+        _add(out, _to_event(it.attrs, m, ts_ns=it.ts_ns, latency_ms=latency, request_id=it.request_id,
+                            span_error=False, raw=it.raw))
+    return out
+
+
+def map_traces(data: Any, m: OtelMapping) -> Mapped:
+    """The events of a decoded ``TracesData``."""
+    return _map_spans(_pb_spans(data), m)
+
+
+def map_logs(data: Any, m: OtelMapping) -> Mapped:
+    """The events of a decoded ``LogsData``."""
+    return _map_logs(_pb_logs(data), m)
 
 
 def _add(out: Mapped, r: Event | Rejection | None) -> None:
@@ -292,6 +465,18 @@ def _add(out: Mapped, r: Event | Rejection | None) -> None:
 
 
 def map_message(value: bytes, signal: Signal, encoding: Encoding, m: OtelMapping) -> Mapped:
+    if encoding == "otlp_json":
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            return Mapped(rejected=[Rejection(f"not valid JSON: {exc}", value)])
+        try:
+            if not isinstance(doc, dict):
+                raise _Shape("not a JSON object")
+            items = _json_spans(doc) if signal == "traces" else _json_logs(doc)
+        except _Shape as exc:
+            return Mapped(rejected=[Rejection(f"not valid OTLP JSON {signal}: {exc}", value)])
+        return _map_spans(items, m) if signal == "traces" else _map_logs(items, m)
     try:
         data = decode(value, signal, encoding)
     except ValueError as exc:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import orjson
 import pytest
 
-from connectors.otel import SEMCONV_VERSION, OtelMapping, decode, map_message, parse_args
+from connectors.otel import SEMCONV_VERSION, OtelMapping, decode, map_logs, map_message, map_traces, parse_args
 from gates.events import InferenceEvent
 from tests.unit.connectors.otlp_messages import T0, encode, genai_attrs, log_record, logs, span, traces
 
@@ -111,3 +113,58 @@ def test_cli_options_become_the_mapping() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--arm", "v7=blue"])
     assert SEMCONV_VERSION == "1.37.0"
+
+
+def _via_protobuf_json(value: bytes, signal: str) -> tuple[list[object], list[str], int]:
+    """The same message through protobuf's own JSON parser (decode), then the protobuf mapping."""
+    data = decode(value, signal, "otlp_json")  # type: ignore[arg-type]
+    out = (map_traces if signal == "traces" else map_logs)(data, OtelMapping())
+    return out.events, [r.reason for r in out.rejected], out.skipped
+
+
+def test_the_direct_json_reader_agrees_with_protobufs_json_parser() -> None:
+    """otlp_json is read without protobuf's (slow) generic parser; on the same messages it must give
+    what that parser followed by the protobuf mapping gives."""
+    spans = [
+        span(1, genai_attrs(finish=["content_filter"], **{"gen_ai.request.temperature": 0.2, "tags": ["a", 1]})),
+        span(2, genai_attrs(error="timeout", output_tokens=None)),
+        span(3, genai_attrs(), error=True),
+        span(4, {"http.route": "/healthz"}),
+        span(5, genai_attrs(arm="v7")),
+        span(6, genai_attrs(), latency_ms=-5),
+        span(7, genai_attrs(arm="baseline", output_tokens=2**40)),
+    ]
+    records = [log_record(8, genai_attrs()), log_record(9, genai_attrs(), event_name="other"),
+               log_record(10, genai_attrs(), duration_s=None)]
+    for signal, message in (("traces", traces(spans, {"service.name": "gw", "rollout.arm": "canary"})),
+                            ("logs", logs(records))):
+        value = encode(message, "otlp_json")
+        direct = map_message(value, signal, "otlp_json", OtelMapping())  # type: ignore[arg-type]
+        assert (direct.events, [r.reason for r in direct.rejected], direct.skipped) == _via_protobuf_json(value, signal)
+        assert direct.events  # the comparison is not between two empty results
+    # ids as protobuf's JSON mapping writes them (base64) are read too, to the same hex request id
+    doc = orjson.loads(encode(traces([span(3, genai_attrs())]), "otlp_json"))
+    for key in ("traceId", "spanId"):
+        s = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+        s[key] = base64.b64encode(bytes.fromhex(s[key])).decode()
+    (e,) = map_message(orjson.dumps(doc), "traces", "otlp_json", OtelMapping()).events
+    assert e.request_id == f"{(3).to_bytes(16, 'big').hex()}-{(4).to_bytes(8, 'big').hex()}"
+
+
+@pytest.mark.parametrize(
+    ("doc", "reason"),
+    [
+        ({"resourceSpans": {"not": "a list"}}, "resourceSpans is not an array"),
+        ({"resourceSpans": [{"scopeSpans": [{"spans": ["x"]}]}]}, "a span is not an object"),
+        ({"resourceSpans": [{"scopeSpans": [{"spans": [{"startTimeUnixNano": "-3"}]}]}]},
+         "startTimeUnixNano is not an unsigned integer"),
+        ({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}, "traceId is neither hex nor base64"),
+        ({"resourceSpans": [{"scopeSpans": [{"spans": [{"attributes": [{"value": {}}]}]}]}]}, "an attribute has no key"),
+        ({"resourceSpans": [{"scopeSpans": [{"spans": [{"attributes": [
+            {"key": "n", "value": {"intValue": "many"}}]}]}]}]}, "intValue is not an integer"),
+        ([1, 2], "not a JSON object"),
+    ],
+)
+def test_malformed_otlp_json_is_one_rejection_with_the_reason(doc: object, reason: str) -> None:
+    out = map_message(orjson.dumps(doc), "traces", "otlp_json", OtelMapping())
+    assert out.events == [] and [r.reason for r in out.rejected] == [f"not valid OTLP JSON traces: {reason}"]
