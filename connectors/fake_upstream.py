@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -74,6 +76,7 @@ class FakeUpstream:
         if self._runner is not None:
             await self._runner.cleanup()
 
+
     async def _answer(self, request: web.Request) -> tuple[dict[str, Any], str, int, str] | web.Response:
         body = await request.json()
         self.requests += 1
@@ -129,6 +132,20 @@ class FakeUpstream:
 
     async def _get_spec(self, request: web.Request) -> web.Response:
         return web.json_response(asdict(self.spec))
+
+
+@contextlib.asynccontextmanager
+async def serving(*specs: UpstreamSpec) -> AsyncIterator[list[FakeUpstream]]:
+    """One started upstream per spec (seeded 1, 2, ... in order), stopped on exit."""
+    ups = [FakeUpstream(spec, seed=i + 1) for i, spec in enumerate(specs)]
+    try:
+        for u in ups:
+            await u.start()
+        yield ups
+    finally:
+        for u in ups:
+            await u.stop()
+
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -74,3 +75,14 @@ def first_difference(got: Sequence[bytes], expected: Sequence[bytes]) -> str:
                      for a, b in zip(dg.get("gates", []), de.get("gates", []), strict=False) if a != b]
             return f"decision {i} (seq {dg.get('seq')}): got vs expected {fields}; gates {gates}"
     return f"lengths differ: got {len(got)}, expected {len(expected)}"
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL if it is still running after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import REPO, Topics
-from tests.integration.helpers import decoded, has_action, of, wait_for
+from tests.integration.helpers import decoded, has_action, of, stop_process, wait_for
 from tests.integration.kafka_io import produce, read_until
 from tests.integration.streams import BASELINE, CANARY, generate, messages, recent_start
 from tests.integration.workerproc import Worker, free_port
@@ -79,13 +79,7 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
 
     def log_tail(self, n: int = 40) -> str:

@@ -26,6 +26,7 @@ from connectors.subscriber import DecisionSubscriber
 from tests.integration.conftest import Topics
 from tests.integration.helpers import decoded, has_action, metric_value, of, wait_for
 from tests.integration.kafka_io import read_until
+from tests.integration.streams import FULL_LOOP_POLICY
 from tests.integration.workerproc import Worker
 
 pytestmark = pytest.mark.integration
@@ -38,25 +39,6 @@ CHAT = {"model": "chat", "messages": [{"role": "user", "content": "what is a can
 USERS = 500  # sticky ids: enough that every step's weight is close to its share of users
 CONCURRENCY = 24
 
-# Seconds of event time per step instead of minutes: 1 s blocks, a look every 0.5 s, three steps.
-# Latency is off: the router, both fake model servers and the HTTP clients share one event loop
-# on a small machine, so a P99 over a few hundred requests measures that loop's scheduling, not
-# the models (the worker's latency gate has its own integration and statistical tests). The other
-# four gates run as in production: cost (priced by the router), errors+refusals, output length,
-# and feedback (no feedback is sent, so both arms are 0 and it passes).
-FULL_LOOP_POLICY = """\
-defaults:
-  steps: [20, 50, 100]
-  block_seconds: 1
-  eval_seconds: 0.5
-  min_samples: 150
-  min_step_seconds: 4
-  max_step_seconds: 600
-  min_blocks: 3
-  min_halt_samples: 30
-  gates:
-    latency: {enabled: false}
-"""
 
 
 @pytest.fixture

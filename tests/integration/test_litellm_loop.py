@@ -19,11 +19,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from connectors.fake_upstream import FakeUpstream, UpstreamSpec
+from connectors.fake_upstream import FakeUpstream, UpstreamSpec, serving
 from connectors.subscriber import DecisionSubscriber
 from connectors.testing import read_events
 from gates.events import InferenceEvent
 from tests.integration.conftest import REPO, Topics
+from tests.integration.helpers import stop_process
+from tests.integration.streams import FULL_LOOP_POLICY
 from tests.integration.workerproc import Worker, free_port
 
 pytestmark = pytest.mark.integration
@@ -33,22 +35,10 @@ MASTER_KEY = "sk-rollout-gate-test"
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "what is a canary release"}]}
 CONCURRENCY = 12
 
-# One-second blocks so the halt comes within seconds of traffic. Latency is off (the proxy, the
-# model servers and the clients share two cores; a P99 there measures the scheduler); the errors
-# gate, which counts refusals, is the one that must halt this canary.
-POLICY = """\
-defaults:
-  steps: [20, 50, 100]
-  block_seconds: 1
-  eval_seconds: 0.5
-  min_samples: 150
-  min_step_seconds: 4
-  max_step_seconds: 600
-  min_blocks: 3
-  min_halt_samples: 30
-  gates:
-    latency: {enabled: false}
-"""
+# The full-loop policy: one-second blocks, so the halt comes within seconds of traffic; latency
+# off (proxy, model servers and clients share two cores). The errors gate, which counts refusals,
+# is the one that must halt this canary.
+POLICY = FULL_LOOP_POLICY
 
 CALLBACKS = """\
 from connectors.litellm import RolloutGateCallback
@@ -114,13 +104,7 @@ class Proxy:
         return {m["model_info"]["id"]: m["litellm_params"].get("weight") for m in body["data"]}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
 
     def log_tail(self, n: int = 80) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -128,14 +112,10 @@ class Proxy:
 
 @pytest.fixture
 async def upstreams() -> AsyncIterator[tuple[FakeUpstream, FakeUpstream]]:
-    base = FakeUpstream(UpstreamSpec(model="chat-v6", latency_ms=3, output_tokens=120), seed=1)
-    cand = FakeUpstream(UpstreamSpec(model="chat-v7", latency_ms=3, output_tokens=120, refusal_rate=0.5,
-                                     refusal_finish_reason="content_filter"), seed=2)
-    await base.start()
-    await cand.start()
-    yield base, cand
-    await base.stop()
-    await cand.stop()
+    async with serving(UpstreamSpec(model="chat-v6", latency_ms=3, output_tokens=120),
+                       UpstreamSpec(model="chat-v7", latency_ms=3, output_tokens=120, refusal_rate=0.5,
+                                    refusal_finish_reason="content_filter")) as (base, cand):
+        yield base, cand
 
 
 @pytest.fixture

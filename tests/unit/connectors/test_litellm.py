@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from connectors.adapters.litellm import LiteLLMProxyAdapter, LiteLLMRouterAdapter
-from connectors.fake_upstream import FakeUpstream, UpstreamSpec
+from connectors.fake_upstream import UpstreamSpec, serving
 from connectors.litellm import LiteLLMRollout, RolloutGateCallback, payload_to_event
 from connectors.publisher import validate
 from connectors.testing import decision
@@ -40,14 +40,10 @@ class Recorder:
 
 @pytest.fixture
 async def upstreams() -> Any:
-    base = FakeUpstream(UpstreamSpec(model="base", latency_ms=5, output_tokens=40), seed=1)
-    cand = FakeUpstream(UpstreamSpec(model="cand", latency_ms=5, output_tokens=40, refusal_rate=1.0,
-                                     refusal_finish_reason="content_filter"), seed=2)
-    await base.start()
-    await cand.start()
-    yield base, cand
-    await base.stop()
-    await cand.stop()
+    async with serving(UpstreamSpec(model="base", latency_ms=5, output_tokens=40),
+                       UpstreamSpec(model="cand", latency_ms=5, output_tokens=40, refusal_rate=1.0,
+                                    refusal_finish_reason="content_filter")) as (base, cand):
+        yield base, cand
 
 
 def router(base_url: str, cand_url: str, weights: tuple[int, int] = (5000, 5000)) -> litellm.Router:
