@@ -174,7 +174,7 @@ def _proxy_router() -> Any:
     return getattr(proxy_server, "llm_router", None)
 
 
-class RolloutGateCallback(CustomLogger):  # type: ignore[misc]
+class RolloutGateCallback(CustomLogger):
     def __init__(
         self,
         rollout: LiteLLMRollout,
@@ -242,8 +242,11 @@ class RolloutGateCallback(CustomLogger):  # type: ignore[misc]
         return self._publisher
 
     def _start_publisher(self) -> None:
+        publisher = self._publisher
+        if publisher is None:
+            return
         try:
-            self._publisher.start()
+            publisher.start()
         except Exception:
             self.failures.labels("publisher_start").inc()
             log.exception("rollout-gate: the event publisher did not start; events are buffered, then dropped")
