@@ -28,8 +28,9 @@ COPY pyproject.toml uv.lock README.md* ./
 COPY gates/ gates/
 COPY stream/ stream/
 COPY connectors/ connectors/
-# --frozen: the lock as committed, never re-resolved; the project's own dev extra is left out
-RUN uv export --frozen --no-emit-project --format requirements-txt -o /tmp/requirements.txt \
+# --frozen: the lock as committed, never re-resolved; the otel extra (the OpenTelemetry bridge's
+# protobuf decoder) is in, the dev and litellm extras are left out
+RUN uv export --frozen --extra otel --no-emit-project --format requirements-txt -o /tmp/requirements.txt \
  && pip wheel --require-hashes --wheel-dir /wheels -r /tmp/requirements.txt \
  && pip wheel --no-deps --wheel-dir /wheels .
 

@@ -28,12 +28,16 @@ class KafkaConfig(BaseModel):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
+    # mutual TLS: the client's certificate chain and its private key (PEM files)
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     client_id: str = "rollout-gate-connector"
 
     @classmethod
     def from_env(cls, prefix: str = "ROLLOUT_GATE_KAFKA_", **overrides: Any) -> KafkaConfig:
         """``ROLLOUT_GATE_KAFKA_BOOTSTRAP``, ``..._SECURITY_PROTOCOL``, ``..._SASL_MECHANISM``,
-        ``..._SASL_USERNAME``, ``..._SASL_PASSWORD``, ``..._SSL_CAFILE``."""
+        ``..._SASL_USERNAME``, ``..._SASL_PASSWORD``, ``..._SSL_CAFILE``, ``..._SSL_CERTFILE``,
+        ``..._SSL_KEYFILE`` (the worker's variables)."""
         env = {
             "bootstrap_servers": os.environ.get(prefix + "BOOTSTRAP"),
             "security_protocol": os.environ.get(prefix + "SECURITY_PROTOCOL"),
@@ -41,10 +45,15 @@ class KafkaConfig(BaseModel):
             "sasl_username": os.environ.get(prefix + "SASL_USERNAME"),
             "sasl_password": os.environ.get(prefix + "SASL_PASSWORD"),
             "ssl_cafile": os.environ.get(prefix + "SSL_CAFILE"),
+            "ssl_certfile": os.environ.get(prefix + "SSL_CERTFILE"),
+            "ssl_keyfile": os.environ.get(prefix + "SSL_KEYFILE"),
         }
         values: dict[str, Any] = {k: v for k, v in env.items() if v}
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)  # validates the Literal choices with a clear error
+        config = cls.model_validate(values)  # validates the Literal choices with a clear error
+        if (config.ssl_certfile is None) != (config.ssl_keyfile is None):
+            raise ValueError(f"{prefix}SSL_CERTFILE and {prefix}SSL_KEYFILE go together")
+        return config
 
     def client_kwargs(self) -> dict[str, Any]:
         """Keyword arguments understood by every aiokafka client (producer, consumer, admin)."""
@@ -54,7 +63,10 @@ class KafkaConfig(BaseModel):
             "client_id": self.client_id,
         }
         if self.security_protocol in ("SSL", "SASL_SSL"):
-            kw["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            kw["ssl_context"] = context
         if self.security_protocol.startswith("SASL"):
             kw["sasl_mechanism"] = self.sasl_mechanism or "PLAIN"
             kw["sasl_plain_username"] = self.sasl_username

@@ -553,7 +553,8 @@ class OtelBridge:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        _pb()  # fail at start, not on the first message, when opentelemetry-proto is missing
+        if any(s.encoding == "otlp_proto" for s in self.sources.values()):
+            _pb()  # fail at start, not on the first message, when opentelemetry-proto is missing
         kw = self.kafka.client_kwargs()
         self._producer = AIOKafkaProducer(**kw, acks="all", enable_idempotence=True)
         await self._producer.start()
@@ -650,7 +651,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[OtelBridge, argparse.Name
     p.add_argument("--request-id-attribute", help="default: the span's trace id and span id")
     p.add_argument("--cost-attribute", help="a span attribute with the call's cost in USD")
     p.add_argument("--digest-attribute", help="a span attribute with the model's digest")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve Prometheus metrics (rollout_gate_otel_records_total) on this port; 0: off")
     a = p.parse_args(argv)
+    if not 0 <= a.metrics_port <= 65535:
+        p.error(f"--metrics-port must be 0-65535, not {a.metrics_port}")
     sources = [Source(a.traces_topic, "traces", a.traces_encoding)] if a.traces_topic else []
     if a.logs_topic:
         sources.append(Source(a.logs_topic, "logs", a.logs_encoding))
@@ -669,7 +674,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[OtelBridge, argparse.Name
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
-    bridge, _ = parse_args(argv)
+    bridge, a = parse_args(argv)
+    if a.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(a.metrics_port)  # a daemon thread; every path answers with the metrics
+        log.info("otel-bridge: metrics on :%d", a.metrics_port)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(bridge.run_forever())
 

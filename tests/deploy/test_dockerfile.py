@@ -120,6 +120,10 @@ def test_installs_the_locked_versions() -> None:
     assert any("uv.lock" in rest.split() for rest in copied)
     assert "uv export --frozen" in text
     assert "--require-hashes" in text
+    # the image runs every command of the CLI, the OpenTelemetry bridge's protobuf decoder included;
+    # test tools and LiteLLM (which users add to their proxy's image) stay out
+    export = text[text.index("uv export"):].split("&&")[0]
+    assert "--extra otel" in export and "dev" not in export and "litellm" not in export
     uv_pin = [rest for instr, rest in _instructions() if instr == "ARG" and rest.startswith("UV_VERSION=")]
     setup = (ROOT / "scripts" / "setup").read_text()
     assert uv_pin and f"UV_VERSION={uv_pin[0].split('=', 1)[1]}" in setup, "the image and scripts/setup pin one uv"

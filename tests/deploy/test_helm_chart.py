@@ -272,6 +272,14 @@ def test_mutual_tls() -> None:
     assert env["ROLLOUT_GATE_KAFKA_SSL_CERTFILE"].endswith("/tls.crt")
     assert env["ROLLOUT_GATE_KAFKA_SSL_KEYFILE"].endswith("/tls.key")
     assert env["PYTHONFAULTHANDLER"] == "1"
+    # every component's client presents the certificate (connectors/config.py reads the same names)
+    docs = _render("mtls-values.yaml", "api.enabled=true", "otelBridge.enabled=true")
+    for component in ("worker", "api", "otel-bridge"):
+        c = _container(docs, component)
+        e = _env(c)
+        assert (e["ROLLOUT_GATE_KAFKA_SSL_CERTFILE"], e["ROLLOUT_GATE_KAFKA_SSL_KEYFILE"]) == (
+            env["ROLLOUT_GATE_KAFKA_SSL_CERTFILE"], env["ROLLOUT_GATE_KAFKA_SSL_KEYFILE"]), component
+        assert any(m["name"] == "kafka-tls" for m in c["volumeMounts"]), component
 
 
 @pytest.mark.parametrize(
@@ -407,7 +415,8 @@ def test_all_enabled_renders_every_part() -> None:
         ("Deployment", "worker"), ("Deployment", "api"), ("Service", "worker"), ("Service", "api"),
         ("PodDisruptionBudget", "worker"), ("PodDisruptionBudget", "api"),
         ("NetworkPolicy", "worker"), ("NetworkPolicy", "api"), ("ServiceMonitor", "worker"),
-        ("PrometheusRule", "worker"),
+        ("PrometheusRule", "worker"), ("Deployment", "otel-bridge"), ("PodDisruptionBudget", "otel-bridge"),
+        ("NetworkPolicy", "otel-bridge"), ("PodMonitor", "otel-bridge"),
     ])  # fmt: skip
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(set(names)) == len(names)
@@ -566,9 +575,9 @@ def _ports(rule: dict[str, Any]) -> list[tuple[int, str]]:
 
 
 def test_network_policies_admit_only_the_service_ports_and_reach_only_kafka_and_dns() -> None:
-    docs = _render("default-values.yaml", "api.enabled=true")
+    docs = _render("default-values.yaml", "api.enabled=true", "otelBridge.enabled=true")
     policies, deployments = _objects(docs, "NetworkPolicy"), _objects(docs, "Deployment")
-    assert set(policies) == {"worker", "api"}
+    assert set(policies) == {"worker", "api", "otel-bridge"}
     for component, policy in policies.items():
         spec = policy["spec"]
         pods = _pod_labels(deployments[component])
@@ -599,6 +608,7 @@ def test_network_policy_peers_ports_and_extra_rules_are_configurable() -> None:
     policies = _objects(docs, "NetworkPolicy")
     assert policies["worker"]["spec"]["ingress"][0]["from"] == values["ingress"]["metrics"]
     assert policies["api"]["spec"]["ingress"][0]["from"] == values["ingress"]["api"]
+    assert policies["otel-bridge"]["spec"]["ingress"][0]["from"] == values["ingress"]["metrics"]
     for policy in policies.values():
         kafka, dns, *_, extra = policy["spec"]["egress"]
         # the distinct ports of kafka.bootstrap, in order
@@ -659,8 +669,9 @@ def test_the_dashboard_config_map_is_for_the_grafana_sidecar() -> None:
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["api.enabled=true", "kafka.securityProtocol=SSL", "kafka.ssl.existingSecret=s", "kafka.ssl.certFile=tls.crt",
-          "kafka.ssl.keyFile=tls.key"], "cannot join a cluster that requires mutual TLS"),
+        (["otelBridge.enabled=true", "otelBridge.traces.topic=", "otelBridge.logs.topic="], "would read nothing"),
+        (["otelBridge.enabled=true", "otelBridge.traces.encoding=protobuf"], "encoding"),
+        (["otelBridge.enabled=true", "otelBridge.arms.chat-v7=treatment"], "arms"),
         (["dataDir.existingClaim=data", "replicaCount=2"], "dataDir.existingClaim"),
         (["podDisruptionBudget.maxUnavailable=null"], "set podDisruptionBudget.maxUnavailable or minAvailable"),
         (["podDisruptionBudget.maxUnavailable=1x"], "maxUnavailable"),
@@ -731,3 +742,26 @@ def test_notification_values_are_checked_by_the_schema() -> None:
         argv = [_helm(), "template", "rg", str(CHART), "--set", bad]
         result = run(argv)
         assert result.returncode != 0 and "notifications" in result.stderr, (bad, result.stderr)
+
+
+def test_the_otel_bridge_runs_the_cli_with_the_values_mapping() -> None:
+    """The rendered arguments are what `rollout-gate otel-bridge` parses into the intended bridge."""
+    from connectors.otel import parse_args
+
+    docs = _render(ALL)
+    values = load_yaml(CHART / "ci" / ALL)
+    container = _container(docs, "otel-bridge")
+    assert container["args"][0] == "otel-bridge"
+    env = _env(container)
+    bridge, _ = parse_args([*container["args"][1:], "--bootstrap", env["ROLLOUT_GATE_KAFKA_BOOTSTRAP"]])
+    assert [(s.topic, s.signal, s.encoding) for s in bridge.sources.values()] == [("otel.spans", "traces", "otlp_json")]
+    assert (bridge.events_topic, bridge.dlq_topic) == ("rollout.events", "rollout.events.dlq")
+    assert dict(bridge.mapping.arms) == values["otelBridge"]["arms"]
+    assert bridge.mapping.cost_attribute == "llm.cost_usd" and bridge.mapping.rollout_attribute == "rollout.id"
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9102, "protocol": "TCP"}]
+    assert container["args"][container["args"].index("--metrics-port") + 1] == "9102"
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert _selects(monitor["spec"]["selector"]["matchLabels"], _pod_labels(_objects(docs, "Deployment")["otel-bridge"]))
+    assert not _selects(monitor["spec"]["selector"]["matchLabels"], _pod_labels(_objects(docs, "Deployment")["worker"]))
+    assert "otel-bridge" not in _objects(_render("default-values.yaml"), "Deployment")

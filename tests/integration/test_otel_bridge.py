@@ -5,6 +5,9 @@ dead letters with reasons out; offsets committed so a restart does not send them
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import urllib.request
+from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -13,6 +16,9 @@ from prometheus_client import CollectorRegistry
 from connectors.otel import REASON_HEADER, SOURCE_HEADER, OtelBridge, OtelMapping, Source
 from connectors.testing import bootstrap, create_topics, produce, read_all
 from gates.events import InferenceEvent, Rejection, decode_message
+from tests.integration.conftest import REPO
+from tests.integration.helpers import metric_value, stop_process, wait_for
+from tests.integration.workerproc import free_port
 from tests.unit.connectors.otlp_messages import encode, genai_attrs, log_record, logs, span, traces
 
 pytestmark = pytest.mark.integration
@@ -99,3 +105,38 @@ async def test_bridge_maps_both_encodings_of_traces_and_logs(unique_id: str) -> 
     assert sum(len(decode_message(r.value)) for r in again) == expected_ok
     counted = reg.get_sample_value("rollout_gate_otel_records_total", {"signal": "traces", "outcome": "event"})
     assert counted == 24
+
+
+async def test_the_cli_bridge_serves_its_metrics_and_maps_otlp_json(unique_id: str, tmp_path: Path) -> None:
+    """``rollout-gate otel-bridge`` as users run it (a process, the CLI's options), otlp_json traces."""
+    servers = bootstrap()
+    spans_topic, events, dlq = f"{unique_id}.otlp_spans", f"{unique_id}.events", f"{unique_id}.dlq"
+    await create_topics(servers, [spans_topic, events, dlq], partitions=2)
+    port = free_port()
+    log = (tmp_path / "bridge.log").open("w")
+    proc = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "rollout-gate"), "otel-bridge", "--bootstrap", servers,
+         "--traces-topic", spans_topic, "--traces-encoding", "otlp_json", "--logs-topic", "",
+         "--events-topic", events, "--dlq-topic", dlq, "--group-id", f"{unique_id}-bridge",
+         "--arm", "chat-v6=baseline", "--arm", "chat-v7=canary", "--metrics-port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+    )
+    try:
+        batch = [span(i, genai_attrs(rollout="chat-v7", arm="chat-v7" if i % 2 else "chat-v6")) for i in range(10)]
+        await produce(servers, spans_topic, [(None, encode(traces(batch), "otlp_json"))])
+        records = await read_event_records(servers, events, 10, timeout=60)
+        got = [e for r in records for e in decode_message(r.value)]
+        assert sorted(e.arm for e in got) == ["baseline"] * 5 + ["canary"] * 5  # type: ignore[union-attr]
+
+        def scraped() -> float | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                return None
+            return metric_value(text, "rollout_gate_otel_records_total", signal="traces", outcome="event")
+
+        assert wait_for(lambda: scraped() == 10, timeout=20), (scraped(), (tmp_path / "bridge.log").read_text())
+    finally:
+        stop_process(proc)
+        log.close()

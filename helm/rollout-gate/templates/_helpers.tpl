@@ -54,6 +54,11 @@ deploy/argo and deploy/flagger use. */}}
 {{- printf "%s-api" (include "rollout-gate.fullname" . | trunc 59 | trimSuffix "-") }}
 {{- end }}
 
+{{/* The OpenTelemetry bridge's Deployment and PodMonitor: <fullname>-otel-bridge. */}}
+{{- define "rollout-gate.otelBridgeFullname" -}}
+{{- printf "%s-otel-bridge" (include "rollout-gate.fullname" . | trunc 51 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "rollout-gate.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "rollout-gate.fullname" .) .Values.serviceAccount.name }}
@@ -106,8 +111,8 @@ deploy/argo and deploy/flagger use. */}}
 {{- if and (include "rollout-gate.usesTls" .) .Values.kafka.ssl.existingSecret }}true{{ end }}
 {{- end }}
 
-{{/* The Kafka connection as ROLLOUT_GATE_KAFKA_* variables: (list $ "worker") or (list $ "api"). The
-API's client (connectors/config.py) reads the CA but no client certificate. */}}
+{{/* The Kafka connection as ROLLOUT_GATE_KAFKA_* variables, the same for every component (the worker's
+settings and connectors/config.py read the same names): (list $ "worker"|"api"|"otel-bridge"). */}}
 {{- define "rollout-gate.kafkaEnv" -}}
 {{- $ := index . 0 }}
 {{- $component := index . 1 }}
@@ -132,7 +137,6 @@ API's client (connectors/config.py) reads the CA but no client certificate. */}}
 - name: ROLLOUT_GATE_KAFKA_SSL_CAFILE
   value: {{ printf "%s/%s" $tlsDir . | quote }}
 {{- end }}
-{{- if eq $component "worker" }}
 {{- with $.Values.kafka.ssl.certFile }}
 - name: ROLLOUT_GATE_KAFKA_SSL_CERTFILE
   value: {{ printf "%s/%s" $tlsDir . | quote }}
@@ -140,7 +144,6 @@ API's client (connectors/config.py) reads the CA but no client certificate. */}}
 {{- with $.Values.kafka.ssl.keyFile }}
 - name: ROLLOUT_GATE_KAFKA_SSL_KEYFILE
   value: {{ printf "%s/%s" $tlsDir . | quote }}
-{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -213,9 +216,6 @@ it names its own. (list $ "worker"|"api") */}}
 {{- end }}
 {{- if and (or .Values.kafka.ssl.certFile .Values.kafka.ssl.keyFile) (not .Values.kafka.ssl.existingSecret) }}
 {{- fail "kafka.ssl.certFile/keyFile name keys of kafka.ssl.existingSecret, which is not set" }}
-{{- end }}
-{{- if and .Values.api.enabled (include "rollout-gate.usesTls" .) .Values.kafka.ssl.certFile }}
-{{- fail "api.enabled: the verdict API's Kafka client reads a CA (kafka.ssl.caFile) but no client certificate, so it cannot join a cluster that requires mutual TLS (kafka.ssl.certFile)" }}
 {{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) }}
 {{- fail "podDisruptionBudget.enabled: set podDisruptionBudget.maxUnavailable or minAvailable" }}
