@@ -63,10 +63,14 @@ def _blocks_used(n: FloatArray, x: FloatArray | None = None, dense: bool | None 
 
 
 def arm_mean_var(
-    x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool, totals: Totals | None = None
+    x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool, totals: Totals | None = None,
+    deff: float | None = None,
 ) -> tuple[float, float, int]:
     """Ratio estimator R = sum(x)/sum(n) over blocks and its variance (cluster-robust, floored
-    by the i.i.d. per-request variance). Returns (R, var, blocks used)."""
+    by the i.i.d. per-request variance). Returns (R, var, blocks used).
+
+    ``deff``: a design effect measured elsewhere (on blocks whose counts are complete, say); the
+    variance is then the i.i.d. one times max(1, deff) instead of the blocks' own spread."""
     used = _blocks_used(n, x, None if totals is None else totals.dense)
     b = n.size if used is None else int(used.sum())
     big_n = float(n.sum()) if totals is None else totals.n
@@ -75,6 +79,8 @@ def arm_mean_var(
     r = (float(x.sum()) if totals is None else totals.x) / big_n
     per_req = r * (1.0 - r) if binary else max(sum_sq / big_n - r * r, 0.0)
     v_iid = per_req / big_n
+    if deff is not None:
+        return r, v_iid * max(1.0, deff), b
     if b >= 2:
         resid = x - r * n if used is None else x[used] - r * n[used]
         v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
@@ -111,12 +117,15 @@ def ratio_of_means_at(
     smooth: float = 0.0,
     binary: bool = False,
     totals: tuple[Totals, Totals] | None = None,
+    deffs: tuple[float, float] | None = None,
 ) -> list[RatioEstimate | None]:
     """``ratio_of_means`` at each z of ``zs``: the arms' means and variances are computed once.
-    ``totals``: the two arms' (canary, baseline) column totals, when the caller has them."""
+    ``totals``: the two arms' (canary, baseline) column totals, when the caller has them.
+    ``deffs``: the two arms' design effects measured elsewhere (see ``arm_mean_var``)."""
     tc, tb = (None, None) if totals is None else totals
-    rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary, totals=tc)
-    rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary, totals=tb)
+    dfc, dfb = (None, None) if deffs is None else deffs
+    rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary, totals=tc, deff=dfc)
+    rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary, totals=tb, deff=dfb)
     if math.isnan(rc) or math.isnan(rb):
         return [None for _ in zs]
     dc, db = rc + smooth, rb + smooth

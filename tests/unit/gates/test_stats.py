@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest, norm
 
-from gates.stats import arm_mean_var, cs_z, design_effect, proportion, ratio_of_means, wilson
+from gates.stats import arm_mean_var, cs_z, design_effect, proportion, ratio_of_means, ratio_of_means_at, wilson
 
 
 def _blocks(values: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -116,6 +116,22 @@ def test_arm_mean_var_single_block_falls_back_to_iid_variance() -> None:
     r, v, b = arm_mean_var(np.array([30.0]), np.array([10.0]), 100.0, binary=False)
     assert (r, b) == (3.0, 1)
     assert v == pytest.approx((100.0 / 10 - 9.0) / 10)
+
+
+def test_arm_mean_var_with_a_design_effect_measured_elsewhere_scales_the_iid_variance() -> None:
+    # a wide spread of block totals: the blocks' own variance is far above the i.i.d. one
+    x, n = np.array([10.0, 50.0, 12.0, 48.0]), np.array([100.0, 100.0, 100.0, 100.0])
+    r, v_own, b = arm_mean_var(x, n, float(x.sum()), binary=True)
+    v_iid = r * (1 - r) / 400
+    assert v_own > 10 * v_iid
+    for deff, want in ((3.0, 3.0 * v_iid), (1.0, v_iid), (0.4, v_iid)):  # floored at the i.i.d. variance
+        r2, v2, b2 = arm_mean_var(x, n, float(x.sum()), binary=True, deff=deff)
+        assert (r2, b2) == (r, b)
+        assert v2 == pytest.approx(want)
+    # ratio_of_means_at takes one per arm
+    est = ratio_of_means_at(x, n, float(x.sum()), x, n, float(x.sum()), zs=(2.0,), binary=True, deffs=(2.0, 1.0))[0]
+    assert est is not None
+    assert est.log_se == pytest.approx(math.sqrt(3.0 * v_iid) / r)
 
 
 # ---- proportions ----------------------------------------------------------------------------------
