@@ -228,7 +228,7 @@ def error_gate(c: Ctx) -> GateResult:
     t, b = c.cols_t, c.cols_b
     args = (t["bad"], t["n"], 0.0, b["bad"], b["n"], 0.0)
     est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True,
-                                     totals=c.totals("bad"))  # fmt: skip
+                                     totals=c.totals("bad"), upper_at_bound=True)  # fmt: skip
     return _ratio_verdict(c, "errors", "error+refusal rate", est_h, est_p, g.max_ratio, c.samples())
 
 
@@ -265,7 +265,7 @@ def feedback_gate(c: Ctx) -> GateResult:
     args = (t["neg_fb"], t["n"], 0.0, b["neg_fb"], b["n"], 0.0)
     deffs = settled_feedback_deffs(c)
     est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True,
-                                     totals=c.totals("neg_fb"), deffs=deffs)  # fmt: skip
+                                     totals=c.totals("neg_fb"), deffs=deffs, upper_at_bound=True)  # fmt: skip
     details = {"negative_feedback": {c.arm: int(c.total("t", "neg_fb")), "baseline": int(c.total("b", "neg_fb"))}}
     return _ratio_verdict(
         c, "feedback", "negative-feedback rate", est_h, est_p, g.max_ratio, c.samples(), details=details

@@ -241,10 +241,12 @@ def test_the_newest_blocks_count_toward_the_feedback_rate_but_not_its_spread() -
     assert settled_feedback_deffs(c) == (1.0, 1.0)
     assert settled.upper is not None and every.upper is not None
     assert settled.upper < every.upper
+    assert settled.lower is not None and every.lower is not None
+    assert settled.lower > every.lower
     r = 306 / 12000
     # both arms alike: the i.i.d. variance of the rate over the smoothed rate squared (min_rate 0.001)
     iid_se = math.sqrt(2 * r * (1 - r) / 12000) / (r + 0.001)
-    assert math.log(settled.upper) == pytest.approx(2.0 * iid_se, rel=2e-3)
+    assert -math.log(settled.lower) == pytest.approx(3.0 * iid_se, rel=2e-3)  # the halt side's Wald bound
 
 
 def test_which_blocks_have_settled_follows_the_evaluation_time() -> None:
