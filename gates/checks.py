@@ -9,6 +9,7 @@ upper bound, so that each verdict can be read off its own numbers.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Ctx:
     z_promote: float
     cols_t: dict[str, Any]
     cols_b: dict[str, Any]
+    now: float = math.inf  # the evaluation's event time (inf: every block's feedback is in)
     # sorted (keys, cumulative counts, counts) per sketch, built once per evaluation; each entry
     # holds its store, so no id() in the cache can be reused by a later object (a temporary {})
     cache: dict[int, tuple[Any, Any, Any, Any]] = field(default_factory=dict)
@@ -132,8 +134,8 @@ class Ctx:
         }
 
 
-def make_ctx(w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float) -> Ctx:
-    return Ctx(w, arm, p, z_halt, z_promote, columns(w, arm, FIELDS), columns(w, "baseline", FIELDS))
+def make_ctx(w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float, now: float = math.inf) -> Ctx:
+    return Ctx(w, arm, p, z_halt, z_promote, columns(w, arm, FIELDS), columns(w, "baseline", FIELDS), now)
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:
@@ -226,16 +228,44 @@ def error_gate(c: Ctx) -> GateResult:
     t, b = c.cols_t, c.cols_b
     args = (t["bad"], t["n"], 0.0, b["bad"], b["n"], 0.0)
     est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True,
-                                     totals=c.totals("bad"))  # fmt: skip
+                                     totals=c.totals("bad"), upper_at_bound=True)  # fmt: skip
     return _ratio_verdict(c, "errors", "error+refusal rate", est_h, est_p, g.max_ratio, c.samples())
+
+
+def settled_feedback_deffs(c: Ctx) -> tuple[float, float] | None:
+    """The (tested, baseline) design effects of the negative-feedback rate, measured on the blocks
+    that ended at least ``settle_seconds`` before the evaluation, or None (the spread of every
+    block is then used) when it is off or fewer than ``min_blocks`` blocks have settled.
+
+    A block's feedback arrives over the minutes after its requests: the newest blocks hold a rate
+    that is low in both arms, and in their spread that shortfall reads as block noise (at high
+    traffic several times the real noise of the baseline's rate). Their requests and feedback
+    still count toward the rate; only the noise is measured where the counts are complete."""
+    settle = c.p.gates.feedback.settle_seconds
+    if settle <= 0 or not math.isfinite(c.now):
+        return None
+    blocks = c.cols_t["_blocks"]  # the block numbers in time order, the same for both arms
+    # block k ends at (k + 1) x block_seconds
+    last = math.floor((c.now - settle) / c.w.block_seconds) - 1
+    k = bisect.bisect_right(blocks, last)
+    if k < c.p.min_blocks:
+        return None
+    out = []
+    for cols in (c.cols_t, c.cols_b):
+        neg, n = cols["neg_fb"][:k], cols["n"][:k]
+        if int(np.count_nonzero(n)) < c.p.min_blocks:
+            return None
+        out.append(design_effect(neg, n, float(neg.sum())))  # binary: the sum of squares is the sum
+    return out[0], out[1]
 
 
 def feedback_gate(c: Ctx) -> GateResult:
     g = c.p.gates.feedback
     t, b = c.cols_t, c.cols_b
     args = (t["neg_fb"], t["n"], 0.0, b["neg_fb"], b["n"], 0.0)
+    deffs = settled_feedback_deffs(c)
     est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True,
-                                     totals=c.totals("neg_fb"))  # fmt: skip
+                                     totals=c.totals("neg_fb"), deffs=deffs, upper_at_bound=True)  # fmt: skip
     details = {"negative_feedback": {c.arm: int(c.total("t", "neg_fb")), "baseline": int(c.total("b", "neg_fb"))}}
     return _ratio_verdict(
         c, "feedback", "negative-feedback rate", est_h, est_p, g.max_ratio, c.samples(), details=details
@@ -486,10 +516,11 @@ def msgspec_replace(res: GateResult, **changes: Any) -> GateResult:
 
 
 def evaluate_gates(
-    w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float, *, feedback: bool
+    w: Window, arm: str, p: RolloutPolicy, z_halt: float, z_promote: float, *, feedback: bool,
+    now: float = math.inf,
 ) -> list[GateResult]:
-    """The enabled gates' verdicts."""
-    c = make_ctx(w, arm, p, z_halt, z_promote)
+    """The enabled gates' verdicts at event time ``now`` (inf: a window whose feedback is all in)."""
+    c = make_ctx(w, arm, p, z_halt, z_promote, now)
     out: list[GateResult] = []
     if p.gates.latency.enabled:
         out.append(latency_gate(c))

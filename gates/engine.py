@@ -456,8 +456,9 @@ class Engine:
         # Each decision looks at one side of its bound only (halt: is the ratio above the limit;
         # promote: is it below), so the two-sided boundary is run at twice the one-sided risk.
         z_halt = cs_z(max(both, 1), min(2 * p.false_halt_budget, 0.5), p.cs_rho_blocks)
-        z_promote = cs_z(max(both, 1), min(2 * p.promote_risk, 0.8), p.cs_rho_blocks)
-        gates = evaluate_gates(w, arm, p, z_halt, z_promote, feedback=arm != SHADOW)
+        rho_promote = p.cs_rho_blocks if p.cs_rho_promote_blocks is None else p.cs_rho_promote_blocks
+        z_promote = cs_z(max(both, 1), min(2 * p.promote_risk, 0.8), rho_promote)
+        gates = evaluate_gates(w, arm, p, z_halt, z_promote, feedback=arm != SHADOW, now=now)
         st.last_gates = gates
         n_test = sum(b[arm].n for b in w.blocks.values() if arm in b)
         elapsed = now - st.step_start

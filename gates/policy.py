@@ -60,6 +60,14 @@ class FeedbackGateSpec(_Spec):
         ge=0.0,
         description="when a feedback event has no request_ts, its request is taken to be this much older",
     )
+    settle_seconds: float = Field(
+        180.0,
+        ge=0.0,
+        description="how long after its request most feedback is in: the block-to-block spread of the "
+        "negative-feedback rate (its variance) is measured on the blocks that ended at least this long "
+        "ago, while every block counts toward the rate itself; the newest blocks' feedback still to come "
+        "is not noise. 0: the spread of every block",
+    )
 
 
 class GatesSpec(_Spec):
@@ -115,6 +123,13 @@ class RolloutPolicy(_Spec):
     )
     cs_rho_blocks: float = Field(
         2.0, gt=0, description="confidence-sequence tuning: the boundary is tightest near this many blocks"
+    )
+    cs_rho_promote_blocks: float | None = Field(
+        4.0,
+        gt=0,
+        description="the same tuning for the promote side of the bounds (null: cs_rho_blocks). Halts are "
+        "decided a few blocks after a window restart, promotions after the 10-30 blocks of canary "
+        "requests the first step takes: each side is tightest where its own decisions are taken",
     )
     max_window_blocks: int = Field(240, ge=4, description="memory bound on blocks kept per step")
     drift_reset: bool = Field(True, description="restart the step window at a drift onset in the canary")

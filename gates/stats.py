@@ -63,10 +63,14 @@ def _blocks_used(n: FloatArray, x: FloatArray | None = None, dense: bool | None 
 
 
 def arm_mean_var(
-    x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool, totals: Totals | None = None
+    x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool, totals: Totals | None = None,
+    deff: float | None = None,
 ) -> tuple[float, float, int]:
     """Ratio estimator R = sum(x)/sum(n) over blocks and its variance (cluster-robust, floored
-    by the i.i.d. per-request variance). Returns (R, var, blocks used)."""
+    by the i.i.d. per-request variance). Returns (R, var, blocks used).
+
+    ``deff``: a design effect measured elsewhere (on blocks whose counts are complete, say); the
+    variance is then the i.i.d. one times max(1, deff) instead of the blocks' own spread."""
     used = _blocks_used(n, x, None if totals is None else totals.dense)
     b = n.size if used is None else int(used.sum())
     big_n = float(n.sum()) if totals is None else totals.n
@@ -75,6 +79,8 @@ def arm_mean_var(
     r = (float(x.sum()) if totals is None else totals.x) / big_n
     per_req = r * (1.0 - r) if binary else max(sum_sq / big_n - r * r, 0.0)
     v_iid = per_req / big_n
+    if deff is not None:
+        return r, v_iid * max(1.0, deff), b
     if b >= 2:
         resid = x - r * n if used is None else x[used] - r * n[used]
         v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
@@ -111,12 +117,19 @@ def ratio_of_means_at(
     smooth: float = 0.0,
     binary: bool = False,
     totals: tuple[Totals, Totals] | None = None,
+    deffs: tuple[float, float] | None = None,
+    upper_at_bound: bool = False,
 ) -> list[RatioEstimate | None]:
     """``ratio_of_means`` at each z of ``zs``: the arms' means and variances are computed once.
-    ``totals``: the two arms' (canary, baseline) column totals, when the caller has them."""
+    ``totals``: the two arms' (canary, baseline) column totals, when the caller has them.
+    ``deffs``: the two arms' design effects measured elsewhere (see ``arm_mean_var``).
+    ``upper_at_bound`` (a rate, ``binary``): the upper bound is the score-type one of
+    ``rate_ratio_upper``, the tested arm's variance taken at the bound instead of at its observed
+    rate; the point estimate and the lower bound are unchanged."""
     tc, tb = (None, None) if totals is None else totals
-    rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary, totals=tc)
-    rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary, totals=tb)
+    dfc, dfb = (None, None) if deffs is None else deffs
+    rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary, totals=tc, deff=dfc)
+    rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary, totals=tb, deff=dfb)
     if math.isnan(rc) or math.isnan(rb):
         return [None for _ in zs]
     dc, db = rc + smooth, rb + smooth
@@ -124,18 +137,60 @@ def ratio_of_means_at(
         return [None for _ in zs]
     log_ratio = math.log(dc) - math.log(db)
     se = math.sqrt(vc / (dc * dc) + vb / (db * db))
+    if upper_at_bound and binary:
+        n_c = float(nc.sum()) if tc is None else tc.n
+        iid = rc * (1.0 - rc) / n_c
+        deff_c = vc / iid if iid > 0 else 1.0
+        uppers = [rate_ratio_upper(log_ratio, z, db, smooth, n_c, deff_c, vb / (db * db)) for z in zs]
+    else:
+        uppers = [math.exp(log_ratio + z * se) for z in zs]
     return [
         RatioEstimate(
             ratio=math.exp(log_ratio),
             lower=math.exp(log_ratio - z * se),
-            upper=math.exp(log_ratio + z * se),
+            upper=upper,
             canary=rc,
             baseline=rb,
             log_se=se,
             blocks=min(bc, bb),
         )
-        for z in zs
+        for z, upper in zip(zs, uppers, strict=True)
     ]
+
+
+def rate_ratio_upper(
+    log_ratio: float, z: float, db: float, smooth: float, n_c: float, deff_c: float, var_b: float
+) -> float:
+    """Score-type upper bound of a ratio of rates (smoothed: (p_c + smooth) / (p_b + smooth)): the
+    largest ratio u not rejected by the one-sided test of "the ratio is u" with the tested arm's
+    variance taken at the rate that ratio implies, p_u = u (p_b + smooth) - smooth, instead of at
+    its observed rate (Wilson's interval does the same for one proportion):
+
+        log u - log_ratio <= z sqrt(deff_c p_u (1 - p_u) / (n_c (p_u + smooth)^2) + var_b)
+
+    A rate at the limit is noisier, in absolute terms, than a lower one, but less so relative to
+    its level: a canary well under a ratio limit is shown to be under it on fewer requests than
+    the Wald bound (the variance at the observed rate) needs, while at the limit the two agree.
+    It also stays a bound with no event in the tested arm, where the Wald variance is zero.
+    ``deff_c``: the tested arm's design effect (its variance over the i.i.d. one), ``var_b``: the
+    baseline's variance of its log rate. Solved by bisection: deterministic to the last bit."""
+    top = math.log((1.0 + smooth) / db)  # the tested rate at 1
+
+    def excess(u: float) -> float:
+        p = min(max(math.exp(u) * db - smooth, 0.0), 1.0)
+        v = deff_c * p * (1.0 - p) / (n_c * (p + smooth) ** 2) + var_b
+        return u - log_ratio - z * math.sqrt(v)
+
+    if top <= log_ratio or excess(top) <= 0:
+        return math.exp(max(top, log_ratio))
+    lo, hi = log_ratio, top
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if excess(mid) <= 0:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(hi)
 
 
 class Proportion(NamedTuple):

@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 from gates import sketch
 from gates import window as win
-from gates.checks import evaluate_gates
+from gates.checks import evaluate_gates, feedback_gate, make_ctx, settled_feedback_deffs
+from gates.decision import GateResult
 from gates.engine import Engine, RolloutState
 from gates.policy import RolloutPolicy
 from gates.sim import Injection
-from gates.stats import cs_z
+from gates.stats import cs_z, design_effect
 
 from .helpers import RID, SMALL, T0, small_policy, stream
 
@@ -202,3 +203,74 @@ def test_latency_gate_passes_at_a_looser_limit_whenever_it_passes_at_a_stricter_
         statuses = [_status(w, "latency", "max_ratio", lim, (3.0, z_promote), None) for lim in (3.3, 3.6, 5.0)]
         ranks = [ORDER[s] for s in statuses]
         assert ranks == sorted(ranks), (z_promote, statuses)
+
+
+# ---- the feedback rate's spread is measured where the feedback is in --------------------------------
+
+
+def _feedback_window(late_neg: int) -> win.Window:
+    """Ten 10-s blocks of 1000 requests per arm at a steady 3% negative feedback, then two newest
+    blocks whose feedback is still arriving (``late_neg`` negatives so far in each arm)."""
+    w = win.Window(start=T0, block_seconds=10.0)
+    for b in range(12):
+        for arm in ("baseline", "canary"):
+            ab = w.arm_block(int(T0 // 10) + b, arm)
+            ab.n = 1000
+            ab.neg_fb = 30 if b < 10 else late_neg
+            ab.fb = 80 if b < 10 else late_neg
+    return w
+
+
+def _feedback(w: win.Window, settle: float, now: float) -> GateResult:
+    p = RolloutPolicy.model_validate({**SMALL, "gates": {"feedback": {"settle_seconds": settle}}})
+    return feedback_gate(make_ctx(w, "canary", p, 3.0, 2.0, now))
+
+
+def test_the_newest_blocks_count_toward_the_feedback_rate_but_not_its_spread() -> None:
+    w = _feedback_window(late_neg=3)
+    now = T0 + 125.0  # the last block ended 5 s ago, the one before 15 s ago
+    settled = _feedback(w, 20.0, now)
+    every = _feedback(w, 0.0, now)
+    # the same requests and feedback in the rate either way
+    assert settled.ratio == every.ratio == 1.0
+    assert settled.observed == every.observed == pytest.approx(306 / 12000, rel=1e-3)
+    # the settled blocks are identical, so their design effect is 1: the i.i.d. bound; the shortfall
+    # of the two newest blocks read as block noise widens the bound with settle_seconds 0
+    c = make_ctx(w, "canary", RolloutPolicy.model_validate({**SMALL, "gates": {"feedback": {"settle_seconds": 20.0}}}),
+                 3.0, 2.0, now)  # fmt: skip
+    assert settled_feedback_deffs(c) == (1.0, 1.0)
+    assert settled.upper is not None and every.upper is not None
+    assert settled.upper < every.upper
+    assert settled.lower is not None and every.lower is not None
+    assert settled.lower > every.lower
+    r = 306 / 12000
+    # both arms alike: the i.i.d. variance of the rate over the smoothed rate squared (min_rate 0.001)
+    iid_se = math.sqrt(2 * r * (1 - r) / 12000) / (r + 0.001)
+    assert -math.log(settled.lower) == pytest.approx(3.0 * iid_se, rel=2e-3)  # the halt side's Wald bound
+
+
+def test_which_blocks_have_settled_follows_the_evaluation_time() -> None:
+    w = _feedback_window(late_neg=3)
+    p = RolloutPolicy.model_validate({**SMALL, "gates": {"feedback": {"settle_seconds": 30.0}}})
+    # at T0 + 125 s the blocks ending at or before T0 + 95 s have settled: nine of them
+    c = make_ctx(w, "canary", p, 3.0, 2.0, T0 + 125.0)
+    got = settled_feedback_deffs(c)
+    cols = c.cols_b
+    want = design_effect(cols["neg_fb"][:9], cols["n"][:9], float(cols["neg_fb"][:9].sum()))
+    assert got is not None and got[1] == want
+    # a block with a different count among the settled ones moves the design effect
+    w.blocks[int(T0 // 10) + 2]["baseline"].neg_fb = 60
+    c2 = make_ctx(w, "canary", p, 3.0, 2.0, T0 + 125.0)
+    got2 = settled_feedback_deffs(c2)
+    assert got2 is not None and got2[1] > 1.0 and got2[0] == 1.0
+
+
+def test_too_few_settled_blocks_fall_back_to_the_spread_of_every_block() -> None:
+    w = _feedback_window(late_neg=3)
+    # only the blocks ending by T0 + 25 s have settled: two, fewer than min_blocks (3)
+    p = RolloutPolicy.model_validate({**SMALL, "gates": {"feedback": {"settle_seconds": 100.0}}})
+    c = make_ctx(w, "canary", p, 3.0, 2.0, T0 + 125.0)
+    assert settled_feedback_deffs(c) is None
+    assert _feedback(w, 100.0, T0 + 125.0) == _feedback(w, 0.0, T0 + 125.0)
+    # and without an evaluation time (a window judged as a whole) every block's spread is used
+    assert _feedback(w, 20.0, math.inf) == _feedback(w, 0.0, T0 + 125.0)

@@ -16,6 +16,7 @@ from gates.engine import Engine, RolloutState
 from gates.events import Event, FeedbackEvent, InferenceEvent, decode_message
 from gates.policy import PolicySet, RolloutPolicy, ShadowSpec
 from gates.sim import Injection, SimConfig, parse_injections, run
+from gates.stats import cs_z
 
 from .helpers import RID, SMALL, T0, ev, small_policy, stream
 
@@ -517,3 +518,39 @@ def test_snapshot_works_with_realistic_costs_and_volume() -> None:
     restored.restore(RID, blob)
     assert restored.status(RID).samples["baseline"] > 10_000
     assert math.isfinite(restored.status(RID).watermark)
+
+
+# ---- the promote side of the bounds has its own mixture tuning ---------------------------------------
+
+
+def _cost_gate_z_ratio(rho_promote: float | None) -> tuple[float, int]:
+    """The cost gate's (promote half-width / halt half-width) on the log scale, and the blocks, on an
+    A/A stream that never leaves its first step."""
+    e = Engine(small_policy(min_samples=10**9, cs_rho_promote_blocks=rho_promote))
+    e.ingest(stream(5, seconds=300, weight=50))
+    g = next(g for g in e.status(RID).gates if g.name == "cost")
+    assert g.ratio is not None and g.lower is not None and g.upper is not None
+    return (math.log(g.upper) - math.log(g.ratio)) / (math.log(g.ratio) - math.log(g.lower)), e.progress(RID).blocks
+
+
+@pytest.mark.parametrize("rho_promote", [0.5, 8.0, 100.0])
+def test_the_promote_bound_uses_its_own_mixture_tuning_and_the_halt_bound_keeps_cs_rho_blocks(
+    rho_promote: float,
+) -> None:
+    got, blocks = _cost_gate_z_ratio(rho_promote)
+    p = RolloutPolicy.model_validate(SMALL)
+    want = cs_z(blocks, 2 * p.promote_risk, rho_promote) / cs_z(blocks, 2 * p.false_halt_budget, p.cs_rho_blocks)
+    assert got == pytest.approx(want, rel=0.03)  # the reported bounds keep 4 significant digits
+
+
+def test_without_a_promote_tuning_both_sides_use_cs_rho_blocks() -> None:
+    got, blocks = _cost_gate_z_ratio(None)
+    p = RolloutPolicy.model_validate(SMALL)
+    assert got == pytest.approx(cs_z(blocks, 2 * p.promote_risk, p.cs_rho_blocks)
+                                / cs_z(blocks, 2 * p.false_halt_budget, p.cs_rho_blocks), rel=0.03)  # fmt: skip
+    # and the same decisions as naming cs_rho_blocks for the promote side
+    evs = stream(6, seconds=900, weight=50, rps=30)
+    a = Engine(small_policy(cs_rho_promote_blocks=None)).ingest(evs)
+    b = Engine(small_policy(cs_rho_promote_blocks=p.cs_rho_blocks)).ingest(evs)
+    assert [msgspec.json.encode(d) for d in a] == [msgspec.json.encode(d) for d in b]
+    assert any(d.action == "promote" and d.trigger == "gates" for d in a)

@@ -82,6 +82,8 @@ def test_glob_matching_is_case_sensitive_and_unmatched_ids_get_the_defaults() ->
         ("defaults: {steps: []}", "defaults.steps"),
         ("defaults: {steps: [0, 100]}", "defaults.steps"),
         ("defaults: {false_halt_budget: 0.7}", "defaults.false_halt_budget"),
+        ("defaults: {cs_rho_promote_blocks: 0}", "defaults.cs_rho_promote_blocks"),
+        ("defaults: {gates: {feedback: {settle_seconds: -1}}}", "defaults.gates.feedback.settle_seconds"),
         ("defaults: {shadow: {min_samples: -1}}", "defaults.shadow.min_samples"),
         ("defaults: {prices: {m: {input_per_1k: -1}}}", "defaults.prices.m.input_per_1k"),
         ("overrides: [{match: x}]", "overrides.0.policy"),

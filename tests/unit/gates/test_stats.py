@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest, norm
 
-from gates.stats import arm_mean_var, cs_z, design_effect, proportion, ratio_of_means, wilson
+from gates.stats import arm_mean_var, cs_z, design_effect, proportion, rate_ratio_upper, ratio_of_means, ratio_of_means_at, wilson
 
 
 def _blocks(values: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -116,6 +116,76 @@ def test_arm_mean_var_single_block_falls_back_to_iid_variance() -> None:
     r, v, b = arm_mean_var(np.array([30.0]), np.array([10.0]), 100.0, binary=False)
     assert (r, b) == (3.0, 1)
     assert v == pytest.approx((100.0 / 10 - 9.0) / 10)
+
+
+def test_arm_mean_var_with_a_design_effect_measured_elsewhere_scales_the_iid_variance() -> None:
+    # a wide spread of block totals: the blocks' own variance is far above the i.i.d. one
+    x, n = np.array([10.0, 50.0, 12.0, 48.0]), np.array([100.0, 100.0, 100.0, 100.0])
+    r, v_own, b = arm_mean_var(x, n, float(x.sum()), binary=True)
+    v_iid = r * (1 - r) / 400
+    assert v_own > 10 * v_iid
+    for deff, want in ((3.0, 3.0 * v_iid), (1.0, v_iid), (0.4, v_iid)):  # floored at the i.i.d. variance
+        r2, v2, b2 = arm_mean_var(x, n, float(x.sum()), binary=True, deff=deff)
+        assert (r2, b2) == (r, b)
+        assert v2 == pytest.approx(want)
+    # ratio_of_means_at takes one per arm
+    est = ratio_of_means_at(x, n, float(x.sum()), x, n, float(x.sum()), zs=(2.0,), binary=True, deffs=(2.0, 1.0))[0]
+    assert est is not None
+    assert est.log_se == pytest.approx(math.sqrt(3.0 * v_iid) / r)
+
+
+# ---- score-type upper bound of a rate ratio ------------------------------------------------------
+
+
+def _score_excess(u: float, a: float, z: float, db: float, s: float, n: float, deff: float, vb: float) -> float:
+    p = math.exp(u) * db - s
+    return u - a - z * math.sqrt(deff * p * (1 - p) / (n * (p + s) ** 2) + vb)
+
+
+@pytest.mark.parametrize("k,n,deff,vb", [(30, 1000, 1.0, 0.0), (12, 400, 1.6, 0.002), (80, 2000, 1.0, 0.01)])
+def test_rate_ratio_upper_solves_the_score_equation_and_grows_with_z(k: int, n: int, deff: float, vb: float) -> None:
+    s, pb = 0.001, 0.03
+    db = pb + s
+    a = math.log((k / n + s) / db)
+    ups = [rate_ratio_upper(a, z, db, s, n, deff, vb) for z in (1.0, 2.0, 3.0)]
+    assert ups == sorted(ups) and ups[0] > math.exp(a)
+    for z, u in zip((1.0, 2.0, 3.0), ups, strict=True):
+        assert _score_excess(math.log(u), a, z, db, s, n, deff, vb) == pytest.approx(0.0, abs=1e-9)
+    # the variance at the bound's higher rate is smaller relative to its level: tighter than Wald
+    r = k / n
+    wald = math.exp(a + 2.0 * math.sqrt(deff * r * (1 - r) / (n * (r + s) ** 2) + vb))
+    assert ups[1] < wald
+
+
+def test_rate_ratio_upper_is_a_bound_with_no_event_in_the_tested_arm() -> None:
+    s, db = 0.001, 0.031
+    a = math.log(s / db)  # no negative feedback yet in 300 requests
+    u = rate_ratio_upper(a, 2.0, db, s, 300, 1.0, 0.0)
+    # the Wald variance is zero here (bound = point estimate); the score bound is well above it
+    assert u > 3 * math.exp(a)
+    assert _score_excess(math.log(u), a, 2.0, db, s, 300, 1.0, 0.0) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_rate_ratio_upper_keeps_its_one_sided_level_at_the_limit() -> None:
+    # a tested rate exactly 1.5x a known baseline rate: the bound may fall under 1.5 (a wrong pass)
+    # in about 5% of draws at z = 1.645
+    rng = np.random.default_rng(11)
+    s, pb, n, limit = 0.001, 0.03, 1000, 1.5
+    db = pb + s
+    ks = rng.binomial(n, limit * db - s, 20_000)
+    below = sum(rate_ratio_upper(math.log((k / n + s) / db), 1.645, db, s, n, 1.0, 0.0) < limit for k in ks.tolist())
+    assert 0.035 < below / ks.size < 0.065
+
+
+def test_ratio_of_means_at_takes_the_score_upper_only_when_asked() -> None:
+    x, n = np.array([10.0, 12.0, 9.0, 11.0]), np.array([300.0, 300.0, 300.0, 300.0])
+    xb, nb = np.array([300.0, 310.0, 290.0, 300.0]), np.array([1e4, 1e4, 1e4, 1e4])
+    wald = ratio_of_means_at(x, n, float(x.sum()), xb, nb, float(xb.sum()), zs=(2.0,), smooth=0.001, binary=True)[0]
+    score = ratio_of_means_at(x, n, float(x.sum()), xb, nb, float(xb.sum()), zs=(2.0,), smooth=0.001, binary=True,
+                              upper_at_bound=True)[0]  # fmt: skip
+    assert wald is not None and score is not None
+    assert (score.ratio, score.lower, score.log_se) == (wald.ratio, wald.lower, wald.log_se)
+    assert score.upper < wald.upper
 
 
 # ---- proportions ----------------------------------------------------------------------------------
