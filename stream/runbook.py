@@ -48,14 +48,28 @@ def _gate_models(p: RolloutPolicy) -> list[GateModel]:
     return [m for m in models if enabled[m.name]]
 
 
-def seconds_to_resolve(m: GateModel, delta: float, weight: float, rps: float, p: RolloutPolicy, alpha: float) -> float:
-    """Event time until z * se(log ratio) < delta at this canary weight (fixed point in blocks)."""
+def promote_bound(p: RolloutPolicy) -> tuple[float, float]:
+    """(risk, mixture tuning) of the bounds a promotion reads, as the engine sets them: each decision
+    looks at one side of a two-sided boundary run at twice the one-sided risk."""
+    rho = p.cs_rho_blocks if p.cs_rho_promote_blocks is None else p.cs_rho_promote_blocks
+    return min(2 * p.promote_risk, 0.8), rho
+
+
+def halt_bound(p: RolloutPolicy) -> tuple[float, float]:
+    """(risk, mixture tuning) of the bounds a halt reads (see :func:`promote_bound`)."""
+    return min(2 * p.false_halt_budget, 0.5), p.cs_rho_blocks
+
+
+def seconds_to_resolve(m: GateModel, delta: float, weight: float, rps: float, p: RolloutPolicy, alpha: float,
+                       rho: float | None = None) -> float:
+    """Event time until z * se(log ratio) < delta at this canary weight (fixed point in blocks);
+    ``alpha`` and ``rho`` (default: ``cs_rho_blocks``) are the boundary's two-sided risk and tuning."""
     w = weight / 100.0
     noise_var = 2 * NOISE**2 / 3  # two arms, uniform +-NOISE per block
     t = p.block_seconds * p.min_blocks
     for _ in range(50):
         blocks = max(t / p.block_seconds, 1.0)
-        z = cs_z(blocks, alpha, p.cs_rho_blocks)
+        z = cs_z(blocks, alpha, p.cs_rho_blocks if rho is None else rho)
         need = z * z * (m.cv2 / (rps * w) + m.cv2 / (rps * max(1 - w, 1e-3)) + noise_var * p.block_seconds) / delta**2
         if abs(need - t) < 1:
             break
@@ -104,19 +118,19 @@ def render_runbook(
     add("|---|---|---|---|---|---|")
     if use_shadow:
         # shadow runs the candidate on a copy of all traffic: weight-equivalent 50/50 sample sizes
-        secs = max(seconds_to_resolve(m, math.log(m.limit), 50.0, 2 * rps, p, p.promote_risk)
+        secs = max(seconds_to_resolve(m, math.log(m.limit), 50.0, 2 * rps, p, *promote_bound(p))
                    for m in models if m.name != "feedback")  # fmt: skip
         secs = min(max(secs, p.shadow.min_seconds), p.shadow.max_seconds)
         total += secs
         add(f"| shadow | 0% (copies of every request) | {_mins(secs)} | {rps * secs:,.0f} | - | cost, length, "
             f"refusals, errors, latency; a 40% cost spike stops it here |")  # fmt: skip
     for w in p.steps[:-1]:
-        times = {m.name: seconds_to_resolve(m, math.log(m.limit), w, rps, p, p.promote_risk) for m in models}
+        times = {m.name: seconds_to_resolve(m, math.log(m.limit), w, rps, p, *promote_bound(p)) for m in models}
         slow = max(times, key=lambda k: times[k])
         secs = min(max(times[slow], p.min_step_seconds, p.min_samples / (rps * w / 100)), p.max_step_seconds)
         total += secs
         caught = [m.name for m in models if seconds_to_resolve(
-            m, math.log(mult), w, rps, p, p.false_halt_budget) <= secs]  # fmt: skip
+            m, math.log(mult), w, rps, p, *halt_bound(p)) <= secs]  # fmt: skip
         note = " (capped: expect a hold; raise traffic or max_step_seconds)" if times[slow] > p.max_step_seconds else ""
         add(f"| canary-{w:g} | {w:g}% | {_mins(secs)}{note} | {rps * w / 100 * secs:,.0f} | {slow} | "
             f"{', '.join(caught) or 'only gross regressions'} |")  # fmt: skip

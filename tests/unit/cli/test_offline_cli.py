@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import orjson
@@ -127,6 +128,21 @@ def test_plan_steps_get_shorter_with_more_traffic() -> None:
     slow = seconds_to_resolve(m, 0.18, 1.0, 10.0, p, 0.2)
     fast = seconds_to_resolve(m, 0.18, 1.0, 1000.0, p, 0.2)
     assert fast < slow
+
+
+def test_plan_sizes_steps_with_the_bounds_the_engine_decides_on() -> None:
+    """Promotions read the promote side (twice the one-sided risk, its own mixture tuning), halts
+    the halt side, as in gates.engine; the plan's estimates follow both."""
+    from gates.policy import PolicySet
+    from stream.runbook import GateModel, halt_bound, promote_bound, seconds_to_resolve
+
+    p = PolicySet().defaults
+    assert promote_bound(p) == (min(2 * p.promote_risk, 0.8), p.cs_rho_promote_blocks)
+    assert halt_bound(p) == (min(2 * p.false_halt_budget, 0.5), p.cs_rho_blocks)
+    assert promote_bound(p.model_copy(update={"cs_rho_promote_blocks": None}))[1] == p.cs_rho_blocks
+    m = GateModel("errors", 2.0, 32.3, "errors")
+    at_rho = {rho: seconds_to_resolve(m, math.log(2.0), 1.0, 100.0, p, 0.4, rho) for rho in (1.0, 30.0)}
+    assert at_rho[1.0] != at_rho[30.0]  # the tuning reaches the estimate
 
 
 # ---- simulate --events: the run's event log, replayed to the same decisions -----------------------
