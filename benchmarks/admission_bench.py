@@ -92,8 +92,9 @@ def fat_view(minutes: float) -> str:
         view = live._view(engine, cfg.rollout_id)
     ms = (time.perf_counter() - t) * 1000 / n
     assert view is not None
-    return (f"one rollout after {result.duration_s / 60:.0f} min at 100 req/s ({result.outcome}): view of {len(view['gates'])} gates over "
-            f"{engine.progress(cfg.rollout_id).blocks} blocks in {ms:.2f} ms")
+    blocks = engine.progress(cfg.rollout_id).blocks
+    return (f"one rollout after {result.duration_s / 60:.0f} min at 100 req/s ({result.outcome}): "
+            f"view of {len(view['gates'])} gates over {blocks} blocks in {ms:.2f} ms")
 
 
 def main() -> None:
