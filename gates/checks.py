@@ -204,6 +204,12 @@ def _ratio_verdict(
     )
 
 
+def _paired(c: Ctx) -> int | None:
+    """The ``paired_min_blocks`` of the ratio estimators: the policy's ``min_blocks`` when
+    ``paired_blocks`` is on, else None (each arm's variance on its own)."""
+    return c.p.min_blocks if c.p.paired_blocks else None
+
+
 def cost_gate(c: Ctx) -> GateResult:
     g = c.p.gates.cost
     t, b = c.cols_t, c.cols_b
@@ -211,7 +217,8 @@ def cost_gate(c: Ctx) -> GateResult:
     # cost is summed in nano-dollars, its squares in micro-dollars: bring the squares to nano units
     sq = float(SQ_UNIT * SQ_UNIT)
     args = (t["cost"], t["cost_n"], c.total("t", "cost_sq") * sq, b["cost"], b["cost_n"], c.total("b", "cost_sq") * sq)
-    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), totals=c.totals("cost", "cost_n"))
+    est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), totals=c.totals("cost", "cost_n"),
+                                     paired_min_blocks=_paired(c))  # fmt: skip
     res = _ratio_verdict(c, "cost", "cost per request", est_h, est_p, g.max_ratio, samples)
     if est_h is not None:
         unit = 1e-9
@@ -228,7 +235,7 @@ def error_gate(c: Ctx) -> GateResult:
     t, b = c.cols_t, c.cols_b
     args = (t["bad"], t["n"], 0.0, b["bad"], b["n"], 0.0)
     est_h, est_p = ratio_of_means_at(*args, zs=(c.z_halt, c.z_promote), smooth=g.min_rate, binary=True,
-                                     totals=c.totals("bad"), upper_at_bound=True)  # fmt: skip
+                                     totals=c.totals("bad"), upper_at_bound=True, paired_min_blocks=_paired(c))  # fmt: skip
     return _ratio_verdict(c, "errors", "error+refusal rate", est_h, est_p, g.max_ratio, c.samples())
 
 

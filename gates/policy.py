@@ -144,6 +144,14 @@ class RolloutPolicy(_Spec):
         description="a promotion keeps the comparison window: the next step starts with the evidence so far "
         "(an onset alarm still restarts it) and moves on once its own min_samples and min_step_seconds are met",
     )
+    paired_blocks: bool = Field(
+        False,
+        strict=True,
+        description="cost and error+refusal ratios: take the per-block covariance of the two arms out of "
+        "the contrast's variance (a paired-by-block contrast), so noise both arms share (load, time of "
+        "day) is not counted twice; only with at least min_blocks blocks common to the arms, and never "
+        "below the two arms' per-request (i.i.d.) variance sum. Off: each arm's variance on its own",
+    )
     change_min_blocks: int = Field(2, ge=1, description="blocks after a split before the scan may report it")
     shadow: ShadowSpec = ShadowSpec()
     ab: ABSpec = ABSpec()

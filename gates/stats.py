@@ -71,22 +71,51 @@ def arm_mean_var(
 
     ``deff``: a design effect measured elsewhere (on blocks whose counts are complete, say); the
     variance is then the i.i.d. one times max(1, deff) instead of the blocks' own spread."""
+    r, v, b, _ = _arm_moments(x, n, sum_sq, binary=binary, totals=totals, deff=deff)
+    return r, v, b
+
+
+def _arm_moments(
+    x: FloatArray, n: FloatArray, sum_sq: float, *, binary: bool, totals: Totals | None, deff: float | None
+) -> tuple[float, float, int, float]:
+    """``arm_mean_var`` and the i.i.d. per-request variance it is floored by."""
     used = _blocks_used(n, x, None if totals is None else totals.dense)
     b = n.size if used is None else int(used.sum())
     big_n = float(n.sum()) if totals is None else totals.n
     if big_n <= 0:
-        return math.nan, math.inf, b
+        return math.nan, math.inf, b, math.inf
     r = (float(x.sum()) if totals is None else totals.x) / big_n
     per_req = r * (1.0 - r) if binary else max(sum_sq / big_n - r * r, 0.0)
     v_iid = per_req / big_n
     if deff is not None:
-        return r, v_iid * max(1.0, deff), b
+        return r, v_iid * max(1.0, deff), b, v_iid
     if b >= 2:
         resid = x - r * n if used is None else x[used] - r * n[used]
         v_cl = b / (b - 1) * float(np.dot(resid, resid)) / (big_n * big_n)
     else:
         v_cl = 0.0
-    return r, max(v_cl, v_iid), b
+    return r, max(v_cl, v_iid), b, v_iid
+
+
+def arm_cov(
+    xc: FloatArray, nc: FloatArray, rc: float, xb: FloatArray, nb: FloatArray, rb: float, *, min_blocks: int
+) -> float | None:
+    """Cluster-robust covariance of two arms' ratio estimators over the blocks both arms have
+    (the arrays are aligned by block):
+
+        sum_k (x_c,k - r_c n_c,k)(x_b,k - r_b n_b,k) x b/(b-1) / (N_c N_b)
+
+    with N the arms' request totals over all their blocks. Block noise common to the arms (load,
+    time of day) moves both residuals of a block the same way; independent arms give a covariance
+    near zero, of either sign. None with fewer than ``min_blocks`` common blocks."""
+    both = (nc > 0) & (nb > 0)
+    b = int(both.sum())
+    if b < max(min_blocks, 2):
+        return None
+    big_nc, big_nb = float(nc.sum()), float(nb.sum())
+    resid_c = xc[both] - rc * nc[both]
+    resid_b = xb[both] - rb * nb[both]
+    return b / (b - 1) * float(np.dot(resid_c, resid_b)) / (big_nc * big_nb)
 
 
 def ratio_of_means(
@@ -119,29 +148,43 @@ def ratio_of_means_at(
     totals: tuple[Totals, Totals] | None = None,
     deffs: tuple[float, float] | None = None,
     upper_at_bound: bool = False,
+    paired_min_blocks: int | None = None,
 ) -> list[RatioEstimate | None]:
     """``ratio_of_means`` at each z of ``zs``: the arms' means and variances are computed once.
     ``totals``: the two arms' (canary, baseline) column totals, when the caller has them.
     ``deffs``: the two arms' design effects measured elsewhere (see ``arm_mean_var``).
     ``upper_at_bound`` (a rate, ``binary``): the upper bound is the score-type one of
     ``rate_ratio_upper``, the tested arm's variance taken at the bound instead of at its observed
-    rate; the point estimate and the lower bound are unchanged."""
+    rate; the point estimate and the lower bound are unchanged.
+    ``paired_min_blocks``: a paired-by-block contrast (see ``paired_log_var``), with at least this
+    many blocks common to the arms; None: each arm's variance on its own."""
     tc, tb = (None, None) if totals is None else totals
     dfc, dfb = (None, None) if deffs is None else deffs
-    rc, vc, bc = arm_mean_var(xc, nc, sqc, binary=binary, totals=tc, deff=dfc)
-    rb, vb, bb = arm_mean_var(xb, nb, sqb, binary=binary, totals=tb, deff=dfb)
+    rc, vc, bc, ic = _arm_moments(xc, nc, sqc, binary=binary, totals=tc, deff=dfc)
+    rb, vb, bb, ib = _arm_moments(xb, nb, sqb, binary=binary, totals=tb, deff=dfb)
     if math.isnan(rc) or math.isnan(rb):
         return [None for _ in zs]
     dc, db = rc + smooth, rb + smooth
     if dc <= 0 or db <= 0:
         return [None for _ in zs]
     log_ratio = math.log(dc) - math.log(db)
-    se = math.sqrt(vc / (dc * dc) + vb / (db * db))
+    var_b = vb / (db * db)  # the baseline's part of the log ratio's variance
+    if paired_min_blocks is not None:
+        cov = arm_cov(xc, nc, rc, xb, nb, rb, min_blocks=paired_min_blocks)
+        if cov is not None:
+            # the covariance term is booked against the baseline's part, so the sum is the paired
+            # variance (never below the two arms' i.i.d. sum)
+            var_b = paired_log_var(vc / (dc * dc), var_b, cov / (dc * db), ic / (dc * dc), ib / (db * db))
+            var_b -= vc / (dc * dc)
+    se = math.sqrt(vc / (dc * dc) + var_b)
     if upper_at_bound and binary:
         n_c = float(nc.sum()) if tc is None else tc.n
         iid = rc * (1.0 - rc) / n_c
         deff_c = vc / iid if iid > 0 else 1.0
-        uppers = [rate_ratio_upper(log_ratio, z, db, smooth, n_c, deff_c, vb / (db * db)) for z in zs]
+        # the tested arm's part is taken at the bound: the baseline's part then keeps at least its
+        # own i.i.d. floor, so the score bound's variance stays positive and above the i.i.d. sum
+        var_b_up = var_b if paired_min_blocks is None else max(var_b, ib / (db * db))
+        uppers = [rate_ratio_upper(log_ratio, z, db, smooth, n_c, deff_c, var_b_up) for z in zs]
     else:
         uppers = [math.exp(log_ratio + z * se) for z in zs]
     return [
@@ -156,6 +199,14 @@ def ratio_of_means_at(
         )
         for z, upper in zip(zs, uppers, strict=True)
     ]
+
+
+def paired_log_var(var_c: float, var_b: float, cov: float, iid_c: float, iid_b: float) -> float:
+    """Variance of a log ratio of means from a paired-by-block contrast, every term on the log
+    scale (each divided by the arms' means): var_c + var_b - 2 cov, never below the two arms'
+    i.i.d. per-request variance sum iid_c + iid_b (the floor each arm's own variance has). A
+    negative covariance widens it: the estimate is not clipped to the side that helps."""
+    return max(var_c + var_b - 2.0 * cov, iid_c + iid_b)
 
 
 def rate_ratio_upper(

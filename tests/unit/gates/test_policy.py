@@ -83,6 +83,8 @@ def test_glob_matching_is_case_sensitive_and_unmatched_ids_get_the_defaults() ->
         ("defaults: {steps: [0, 100]}", "defaults.steps"),
         ("defaults: {false_halt_budget: 0.7}", "defaults.false_halt_budget"),
         ("defaults: {cs_rho_promote_blocks: 0}", "defaults.cs_rho_promote_blocks"),
+        ("defaults: {paired_blocks: maybe}", "defaults.paired_blocks"),
+        ("defaults: {paired_blocks: 1}", "defaults.paired_blocks"),
         ("defaults: {gates: {feedback: {settle_seconds: -1}}}", "defaults.gates.feedback.settle_seconds"),
         ("defaults: {shadow: {min_samples: -1}}", "defaults.shadow.min_samples"),
         ("defaults: {prices: {m: {input_per_1k: -1}}}", "defaults.prices.m.input_per_1k"),
@@ -154,3 +156,8 @@ def test_policies_are_frozen_values() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is an implementation detail
         p.min_samples = 1  # type: ignore[misc]
     assert PolicySet() == PolicySet()
+
+
+def test_paired_blocks_is_off_by_default_and_read_from_the_file() -> None:
+    assert RolloutPolicy().paired_blocks is False
+    assert parse_policy("defaults: {paired_blocks: true}").defaults.paired_blocks is True

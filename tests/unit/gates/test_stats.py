@@ -12,7 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest, norm
 
-from gates.stats import arm_mean_var, cs_z, design_effect, proportion, rate_ratio_upper, ratio_of_means, ratio_of_means_at, wilson
+from gates.stats import (
+    arm_cov,
+    arm_mean_var,
+    cs_z,
+    design_effect,
+    paired_log_var,
+    proportion,
+    rate_ratio_upper,
+    ratio_of_means,
+    ratio_of_means_at,
+    wilson,
+)
 
 
 def _blocks(values: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -328,3 +339,143 @@ def test_blocks_without_requests_are_left_out_of_the_block_variance(empty_blocks
     assert design_effect(x, n, sq) == pytest.approx(design_effect(x[:12], n[:12], sq), rel=1e-12)
     # a block with a total but no requests still counts as used
     assert arm_mean_var(np.append(x, 1.0), np.append(n, 0.0), sq, binary=False)[2] == 13
+
+
+# ---- paired-by-block contrast ---------------------------------------------------------------------
+
+
+def _paired_arms(rng: np.random.Generator, blocks: int, *, shared: float, own: float, binary: bool = False,
+                 sizes: tuple[int, int] = (40, 400)) -> tuple[tuple[np.ndarray, np.ndarray, float], ...]:  # fmt: skip
+    """Canary and baseline per-block sums, counts and sums of squares over the same blocks: each
+    block's level is 1 + a draw common to the arms (``shared``) + the arm's own draw (``own``)."""
+    common = rng.uniform(-shared, shared, blocks)
+    out = []
+    for size in sizes:
+        n = rng.poisson(size, blocks) + 1
+        level = 1.0 + common + rng.uniform(-own, own, blocks)
+        if binary:
+            x = rng.binomial(n, np.clip(0.03 * level, 0.0, 1.0)).astype(np.float64)
+            out.append((x, n.astype(np.float64), float(x.sum())))
+        else:
+            vals = np.concatenate([rng.exponential(10.0 * level[i], n[i]) for i in range(blocks)])
+            out.append(_blocks(vals, n))
+    return tuple(out)
+
+
+def _iid_floor(arms: tuple[tuple[np.ndarray, np.ndarray, float], ...], *, binary: bool, smooth: float = 0.0) -> float:
+    """The two arms' i.i.d. per-request variance sum of the log ratio."""
+    total = 0.0
+    for x, n, sq in arms:
+        big_n = float(n.sum())
+        r = float(x.sum()) / big_n
+        per_req = r * (1 - r) if binary else sq / big_n - r * r
+        total += per_req / big_n / (r + smooth) ** 2
+    return total
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_paired_variance_is_smaller_when_the_arms_share_block_noise(binary: bool) -> None:
+    smooth = 0.001 if binary else 0.0
+    smaller = 0
+    for seed in range(40):
+        # binary: enough requests a block that the shared level, not the counts, is most of the noise
+        sizes = (400, 4000) if binary else (40, 400)
+        (c, b) = _paired_arms(np.random.default_rng(seed), 30, shared=0.25, own=0.05, binary=binary, sizes=sizes)
+        off = ratio_of_means(*c, *b, z=2.0, smooth=smooth, binary=binary)
+        on = ratio_of_means_at(*c, *b, zs=(2.0,), smooth=smooth, binary=binary, paired_min_blocks=3)[0]
+        assert off is not None and on is not None
+        assert on.ratio == off.ratio  # the point estimate is the same
+        smaller += on.log_se < off.log_se
+        assert on.log_se**2 >= _iid_floor((c, b), binary=binary, smooth=smooth) * (1 - 1e-12)
+    assert smaller == 40
+
+
+def test_paired_variance_takes_most_of_the_shared_part_out() -> None:
+    # cost-like means, shared noise far above the own noise and the per-request noise: the paired
+    # variance is well under half the unpaired one, and near what the own noise alone gives
+    ratios = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        c, b = _paired_arms(rng, 60, shared=0.3, own=0.03, sizes=(400, 4000))
+        off = ratio_of_means(*c, *b, z=2.0)
+        on = ratio_of_means_at(*c, *b, zs=(2.0,), paired_min_blocks=3)[0]
+        assert off is not None and on is not None
+        ratios.append((on.log_se / off.log_se) ** 2)
+    assert float(np.median(ratios)) < 0.3
+
+
+@given(st.integers(0, 10**6), st.integers(2, 40), st.booleans())
+@settings(max_examples=60, deadline=None, derandomize=True)
+def test_paired_variance_with_independent_arms_is_never_below_the_iid_floor(seed: int, blocks: int, binary: bool) -> None:
+    rng = np.random.default_rng(seed)
+    smooth = 0.001 if binary else 0.0
+    c, b = _paired_arms(rng, blocks, shared=0.0, own=0.2, binary=binary, sizes=(5, 50))
+    on = ratio_of_means_at(*c, *b, zs=(1.0, 2.5), smooth=smooth, binary=binary, paired_min_blocks=3,
+                           upper_at_bound=binary)  # fmt: skip
+    if on[0] is None:
+        return
+    floor = _iid_floor((c, b), binary=binary, smooth=smooth)
+    assert on[0].log_se ** 2 >= floor * (1 - 1e-12)
+    # the bounds are at least as wide as the floor's, on both sides
+    for est, z in zip(on, (1.0, 2.5), strict=True):
+        assert est is not None
+        assert math.log(est.ratio) - math.log(est.lower) >= z * math.sqrt(floor) * (1 - 1e-9)
+        if not binary:
+            assert math.log(est.upper) - math.log(est.ratio) >= z * math.sqrt(floor) * (1 - 1e-9)
+
+
+def test_paired_log_var_floor_and_sign() -> None:
+    assert paired_log_var(4.0, 3.0, 1.0, 1.0, 1.0) == 5.0
+    assert paired_log_var(4.0, 3.0, 3.0, 1.0, 1.5) == 2.5  # floored at the i.i.d. sum
+    assert paired_log_var(4.0, 3.0, -1.0, 1.0, 1.0) == 9.0  # a negative covariance widens it
+
+
+def test_arm_cov_needs_min_blocks_common_to_both_arms() -> None:
+    rng = np.random.default_rng(3)
+    (xc, nc, sqc), (xb, nb, sqb) = _paired_arms(rng, 6, shared=0.3, own=0.0)
+    nc[:4] = 0.0  # the canary has 2 of the 6 blocks
+    xc[:4] = 0.0
+    rc, rb = xc.sum() / nc.sum(), xb.sum() / nb.sum()
+    assert arm_cov(xc, nc, rc, xb, nb, rb, min_blocks=3) is None
+    assert arm_cov(xc, nc, rc, xb, nb, rb, min_blocks=2) is not None
+    # without enough common blocks the estimate is the unpaired one, bit for bit
+    on = ratio_of_means_at(xc, nc, sqc, xb, nb, sqb, zs=(2.0,), paired_min_blocks=3)
+    assert on == ratio_of_means_at(xc, nc, sqc, xb, nb, sqb, zs=(2.0,))
+
+
+def test_arm_cov_is_the_cluster_robust_formula() -> None:
+    rng = np.random.default_rng(7)
+    (xc, nc, _), (xb, nb, _) = _paired_arms(rng, 12, shared=0.2, own=0.1)
+    rc, rb = xc.sum() / nc.sum(), xb.sum() / nb.sum()
+    want = sum((xc[k] - rc * nc[k]) * (xb[k] - rb * nb[k]) for k in range(12)) * 12 / 11 / (nc.sum() * nb.sum())
+    assert arm_cov(xc, nc, rc, xb, nb, rb, min_blocks=3) == pytest.approx(want, rel=1e-12)
+
+
+@given(st.integers(0, 10**6), st.integers(1, 30), st.booleans(), st.booleans())
+@settings(max_examples=60, deadline=None, derandomize=True)
+def test_paired_off_is_the_unpaired_estimate_bit_for_bit(seed: int, blocks: int, binary: bool, score: bool) -> None:
+    # the estimate as it was before the paired contrast existed: each arm's variance on its own
+    rng = np.random.default_rng(seed)
+    smooth = 0.001 if binary else 0.0
+    c, b = _paired_arms(rng, blocks, shared=0.2, own=0.1, binary=binary, sizes=(5, 50))
+    zs = (1.3, 2.4)
+    got = ratio_of_means_at(*c, *b, zs=zs, smooth=smooth, binary=binary, upper_at_bound=score)
+    rc, vc, _ = arm_mean_var(*c, binary=binary)
+    rb, vb, _ = arm_mean_var(*b, binary=binary)
+    dc, db = rc + smooth, rb + smooth
+    if dc <= 0 or db <= 0:
+        assert got == [None, None]
+        return
+    log_ratio = math.log(dc) - math.log(db)
+    se = math.sqrt(vc / (dc * dc) + vb / (db * db))
+    for est, z in zip(got, zs, strict=True):
+        assert est is not None
+        assert est.log_se == se
+        assert est.lower == math.exp(log_ratio - z * se)
+        if score and binary:
+            n_c = float(c[1].sum())
+            iid = rc * (1.0 - rc) / n_c
+            deff_c = vc / iid if iid > 0 else 1.0
+            assert est.upper == rate_ratio_upper(log_ratio, z, db, smooth, n_c, deff_c, vb / (db * db))
+        else:
+            assert est.upper == math.exp(log_ratio + z * se)
