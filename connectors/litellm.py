@@ -37,15 +37,15 @@ import atexit
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from connectors.adapters.litellm import LiteLLMRouterAdapter
 from connectors.config import DECISIONS_TOPIC, EVENTS_TOPIC, KafkaConfig
+from connectors.metrics import PerRegistry
 from connectors.publisher import SyncEventPublisher
 from connectors.subscriber import DecisionSubscriber
 from gates.decision import Decision
@@ -149,21 +149,12 @@ def payload_to_event(payload: Mapping[str, Any], rollout: LiteLLMRollout) -> dic
     return event
 
 
-_failures: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
-_failures_lock = threading.Lock()
-
-
-def failure_counter(registry: CollectorRegistry | None = None) -> Counter:
-    reg = registry or REGISTRY
-    with _failures_lock:
-        if reg not in _failures:
-            _failures[reg] = Counter(
-                "rollout_gate_litellm_callback_failures_total",
-                "LiteLLM calls the rollout-gate callback could not turn into an event (the call itself went on)",
-                ["stage"],
-                registry=reg,
-            )
-        return _failures[reg]
+failure_counter = PerRegistry(lambda reg: Counter(
+    "rollout_gate_litellm_callback_failures_total",
+    "LiteLLM calls the rollout-gate callback could not turn into an event (the call itself went on)",
+    ["stage"],
+    registry=reg,
+))
 
 
 def _proxy_router() -> Any:

@@ -27,8 +27,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import threading
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,9 +34,10 @@ from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter
 
 from connectors.config import EVENTS_TOPIC, KafkaConfig, as_config
+from connectors.metrics import PerRegistry
 from connectors.publisher import encode_batch, validate
 from gates.events import ARMS, Event, Rejection
 
@@ -493,21 +492,12 @@ class Source:
     encoding: Encoding = "otlp_proto"
 
 
-_metrics: weakref.WeakKeyDictionary[CollectorRegistry, Counter] = weakref.WeakKeyDictionary()
-_metrics_lock = threading.Lock()
-
-
-def bridge_counter(registry: CollectorRegistry | None = None) -> Counter:
-    reg = registry or REGISTRY
-    with _metrics_lock:
-        if reg not in _metrics:
-            _metrics[reg] = Counter(
-                "rollout_gate_otel_records_total",
-                "OTLP spans and log records read by the bridge, by outcome (event, dead_letter, skipped)",
-                ["signal", "outcome"],
-                registry=reg,
-            )
-        return _metrics[reg]
+bridge_counter = PerRegistry(lambda reg: Counter(
+    "rollout_gate_otel_records_total",
+    "OTLP spans and log records read by the bridge, by outcome (event, dead_letter, skipped)",
+    ["signal", "outcome"],
+    registry=reg,
+))
 
 
 def _batches(events: list[Event], max_batch: int) -> Iterator[tuple[str, list[Event]]]:
