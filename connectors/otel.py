@@ -296,7 +296,9 @@ class _Shape(ValueError):
 
 
 def _list(node: Any, key: str) -> list[Any]:
-    v = node.get(key) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        raise _Shape(f"an element holding {key} is not an object")
+    v = node.get(key)
     if v is None:
         return []
     if not isinstance(v, list):
@@ -305,6 +307,8 @@ def _list(node: Any, key: str) -> list[Any]:
 
 
 def _obj(node: Any, key: str) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        raise _Shape(f"an element holding {key} is not an object")
     v = node.get(key)
     if v is None:
         return {}

@@ -6,6 +6,8 @@ import base64
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.otel import SEMCONV_VERSION, OtelMapping, decode, map_logs, map_message, map_traces, parse_args
 from gates.events import InferenceEvent
@@ -163,8 +165,45 @@ def test_the_direct_json_reader_agrees_with_protobufs_json_parser() -> None:
         ({"resourceSpans": [{"scopeSpans": [{"spans": [{"attributes": [
             {"key": "n", "value": {"intValue": "many"}}]}]}]}]}, "intValue is not an integer"),
         ([1, 2], "not a JSON object"),
+        ({"resourceSpans": ["x"]}, "an element holding resource is not an object"),
+        ({"resourceSpans": [{"scopeSpans": [7]}]}, "an element holding spans is not an object"),
+        ({"resourceSpans": [{"resource": {"attributes": [{"key": "k", "value": {"arrayValue": 3}}]}}]},
+         "an element holding values is not an object"),
     ],
 )
 def test_malformed_otlp_json_is_one_rejection_with_the_reason(doc: object, reason: str) -> None:
     out = map_message(orjson.dumps(doc), "traces", "otlp_json", OtelMapping())
     assert out.events == [] and [r.reason for r in out.rejected] == [f"not valid OTLP JSON traces: {reason}"]
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["resourceSpans", "resourceLogs", "scopeSpans", "scopeLogs", "spans", "logRecords",
+                         "resource", "attributes", "key", "value", "stringValue", "intValue", "arrayValue",
+                         "kvlistValue", "values", "traceId", "spanId", "status", "code", "startTimeUnixNano",
+                         "endTimeUnixNano", "timeUnixNano", "eventName", "doubleValue", "bytesValue"]),
+        inner, max_size=5),
+    max_leaves=30,
+)
+
+
+_otlp_shaped = st.one_of(
+    _json_values,
+    st.lists(_json_values, max_size=3).map(lambda xs: {"resourceSpans": xs, "resourceLogs": xs}),
+    st.lists(_json_values, max_size=3).map(lambda xs: {"resourceSpans": [{"resource": x, "scopeSpans": xs} for x in xs],
+                                                       "resourceLogs": [{"resource": x, "scopeLogs": xs} for x in xs]}),
+    st.lists(_json_values, max_size=3).map(lambda xs: {"resourceSpans": [{"scopeSpans": [{"spans": xs}]}],
+                                                       "resourceLogs": [{"scopeLogs": [{"logRecords": xs}]}]}),
+    st.lists(st.dictionaries(st.sampled_from(["key", "value"]), _json_values), max_size=3).map(
+        lambda kvs: {"resourceSpans": [{"scopeSpans": [{"spans": [{"attributes": kvs}]}]}],
+                     "resourceLogs": [{"scopeLogs": [{"logRecords": [{"attributes": kvs}]}]}]}),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(doc=_otlp_shaped, signal=st.sampled_from(["traces", "logs"]))
+def test_no_otlp_json_shape_escapes_the_reader(doc: object, signal: str) -> None:
+    """Whatever JSON arrives, the bridge maps it or rejects it; it never raises (which would stop it)."""
+    out = map_message(orjson.dumps(doc), signal, "otlp_json", OtelMapping())  # type: ignore[arg-type]
+    assert all(r.reason for r in out.rejected)
