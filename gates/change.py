@@ -22,11 +22,16 @@ needs no restart.
 
 What the engine does with a change is what it does with an ADWIN onset: restart the step's
 comparison window at the split, so that the gates judge the model as it is now instead of diluting
-its new behaviour with the old.
+its new behaviour with the old. The baseline did not change there when its own move at the split
+is small (``baseline_z`` within ``BASELINE_STEADY_Z``): the restarted window then keeps the
+baseline's blocks from the old window's start (``Window.baseline_start``), so the first verdicts on
+the changed arm are not held back by a baseline that starts from nothing. Otherwise, and after an
+ADWIN onset, both arms start again at the split.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -36,6 +41,9 @@ from gates.window import SQ_UNIT, Window
 
 FloatArray = npt.NDArray[np.float64]
 MIN_BEFORE = 4  # blocks before a split: enough to measure the block noise it floors the after with
+# a change is the tested arm's own when the baseline's move at the split is within this many of its
+# standard deviations: a restart then keeps the baseline's blocks before the split
+BASELINE_STEADY_Z = 2.0
 
 # signal -> (sum field, count field, square-sum field or None for a 0/1 outcome, two-sided, scale of
 # the square-sum units against the sum's)
@@ -49,6 +57,9 @@ class Change(NamedTuple):
     signal: str
     block: int  # the first block after the split
     z: float
+    # the baseline's own move at the split, (after - before) / sd: near 0 when the change is the
+    # tested arm's, which lets a restart keep the baseline's blocks before the split
+    baseline_z: float = 0.0
 
 
 def _arm_columns(w: Window, arm: str, blocks: list[int], fields: tuple[str, ...]) -> dict[str, FloatArray]:
@@ -107,7 +118,9 @@ def _arm_split(
 def scan(w: Window, arm: str, upto_block: int, *, threshold: float, min_after: int) -> Change | None:
     """The strongest change for the worse in ``arm`` against the baseline over the window's blocks
     before ``upto_block`` (the completed ones), if its z passes ``threshold``; None otherwise."""
-    blocks = sorted(b for b in w.blocks if b < upto_block)
+    # the tested arm's window only: the baseline's blocks kept from before a restart are not
+    # the tested arm's history
+    blocks = sorted(b for b in w.blocks if w.start_block <= b < upto_block)
     if len(blocks) < MIN_BEFORE + min_after:
         return None
     best: Change | None = None
@@ -116,6 +129,7 @@ def scan(w: Window, arm: str, upto_block: int, *, threshold: float, min_after: i
         b0, bv0, b1, bv1 = _arm_split(w, "baseline", blocks, x_f, n_f, sq_f, sq_scale)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = ((t1 - b1) - (t0 - b0)) / np.sqrt(tv0 + tv1 + bv0 + bv1)
+            z_base = (b1 - b0) / np.sqrt(bv0 + bv1)
         if two_sided:
             z = np.abs(z)
         # split k puts blocks [0, k) before: k in MIN_BEFORE .. len - min_after
@@ -126,7 +140,8 @@ def scan(w: Window, arm: str, upto_block: int, *, threshold: float, min_after: i
         i = int(np.argmax(z))
         top = float(z[i])
         if top > threshold and (best is None or top > best.z):
-            best = Change(signal, blocks[MIN_BEFORE + i], top)
+            zb = float(z_base[MIN_BEFORE - 1 + i])
+            best = Change(signal, blocks[MIN_BEFORE + i], top, zb if math.isfinite(zb) else math.inf)
     return best
 
 

@@ -449,7 +449,10 @@ class Engine:
                     key = f"{arm}:{ch.signal}:contrast"
                     st.drift.alarms[key] = st.drift.alarms.get(key, 0) + 1
                     if p.drift_reset:
-                        self._restart_window(st, ch.block * p.block_seconds)
+                        # the change is the tested arm's when the baseline held steady over the
+                        # scanned blocks: its blocks before the split still describe it
+                        steady = abs(ch.baseline_z) < change.BASELINE_STEADY_Z
+                        self._restart_window(st, ch.block * p.block_seconds, keep_baseline=steady)
                         w = st.window
         win.compact(w, p.max_window_blocks)
         both = sum(1 for b in w.blocks.values() if b.get(arm) and b[arm].n and b.get("baseline") and b["baseline"].n)
@@ -501,15 +504,23 @@ class Engine:
             parts.append(f"{g.name} {verdict}")
         return f"; A/B verdict at {st.weight:g}%: " + ", ".join(parts)
 
-    def _restart_window(self, st: RolloutState, start: float) -> None:
+    def _restart_window(self, st: RolloutState, start: float, *, keep_baseline: bool = False) -> None:
+        """Restart the comparison window at ``start`` (an onset). ``keep_baseline``: the baseline
+        keeps its blocks from the old window's start on, so that the first verdicts on the changed
+        arm are not limited by a baseline that starts again from nothing."""
         p = self.policy(st.rollout_id)
         old = st.window
         new = win.Window(start=start, block_seconds=p.block_seconds)
+        if keep_baseline and old.start < start:
+            new.baseline_start = old.start
         # keep the blocks from the new start on (their per-arm aggregates are exact), rebuild the
         # window-level sketches from the per-block ones where kept
+        first_base = new.first_block("baseline")
         for blk, arms in old.blocks.items():
             if blk >= new.start_block:
                 new.blocks[blk] = arms
+            elif blk >= first_base and "baseline" in arms:
+                new.blocks[blk] = {"baseline": arms["baseline"]}
         for arm in old.lat:
             if arm == "baseline":
                 # the baseline keeps no per-block sketch: its quantiles stay window-wide

@@ -87,10 +87,20 @@ class Window(msgspec.Struct):
     len: dict[str, dict[int, int]] = {}
     late_events: int = 0
     late_feedback: int = 0
+    # where the baseline's blocks begin when that is earlier than ``start``: a restart at an onset
+    # of the tested arm keeps the baseline's blocks before it (the baseline did not change there).
+    # None: at ``start``, like every arm's
+    baseline_start: float | None = None
 
     @property
     def start_block(self) -> int:
         return int(self.start // self.block_seconds)
+
+    def first_block(self, arm: str) -> int:
+        """The first block that counts for ``arm``: the window's, or the baseline's own start."""
+        if arm == "baseline" and self.baseline_start is not None:
+            return min(int(self.baseline_start // self.block_seconds), self.start_block)
+        return self.start_block
 
     def arm_block(self, block: int, arm: str) -> ArmBlock:
         b = self.blocks.get(block)
@@ -160,7 +170,7 @@ def add_inference(
 ) -> int:
     """Fold a batch of one arm's requests into the window; returns how many were too late."""
     blocks = np.floor(ts / w.block_seconds).astype(np.int64)
-    keep = blocks >= w.start_block
+    keep = blocks >= w.first_block(arm)
     late = int((~keep).sum())
     if late:
         w.late_events += late
@@ -331,7 +341,9 @@ def add_arms_feedback(w: Window, arms: Sequence[str], codes: IntArray, request_t
     blocks = np.floor(request_ts / w.block_seconds).astype(np.int64)
     first = int(blocks.min())
     if first < w.start_block:
-        keep = blocks >= w.start_block
+        # each arm's own first block (the baseline's may be earlier: see Window.baseline_start)
+        firsts = np.array([w.first_block(a) for a in arms], dtype=np.int64)
+        keep = blocks >= firsts[codes]
         w.late_feedback += int(blocks.size - np.count_nonzero(keep))
         blocks, codes, negative = blocks[keep], codes[keep], negative[keep]
         if blocks.size == 0:

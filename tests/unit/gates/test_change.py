@@ -75,3 +75,56 @@ def test_the_engine_restarts_the_window_at_a_mid_rollout_onset() -> None:
     assert any(k.endswith(":contrast") for k in e.status("sim").drift_alarms)
     assert res.duration_s - 15 * 60 <= 8 * 60
     assert not math.isnan(res.duration_s)
+
+
+def test_the_scan_says_whether_the_baseline_moved_at_the_split() -> None:
+    rng = np.random.default_rng(4)
+    kc = list(rng.binomial(120, 0.03, 12)) + list(rng.binomial(120, 0.12, 5))
+    steady = change.scan(_window(kc, list(rng.binomial(1080, 0.03, 17))), "canary", 17, threshold=4.5, min_after=2)
+    assert steady is not None and abs(steady.baseline_z) < change.BASELINE_STEADY_Z
+    # the contrast got worse because the baseline got better: the baseline's own move is large
+    kc2 = list(rng.binomial(120, 0.06, 17))
+    kb2 = list(rng.binomial(1080, 0.06, 12)) + list(rng.binomial(1080, 0.005, 5))
+    moved = change.scan(_window(kc2, kb2), "canary", 17, threshold=4.5, min_after=2)
+    assert moved is not None and moved.baseline_z < -change.BASELINE_STEADY_Z
+
+
+def test_the_scan_reads_only_the_tested_arms_window() -> None:
+    """Baseline blocks kept from before a restart are not the tested arm's history: a window that
+    starts at block 12 with baseline-only blocks before it scans as the window of blocks 12 on."""
+    rng = np.random.default_rng(5)
+    kc = list(rng.binomial(120, 0.03, 12)) + list(rng.binomial(120, 0.12, 5))
+    kb = list(rng.binomial(1080, 0.03, 17))
+    full = _window(kc, kb)
+    w = Window(start=12 * BS, block_seconds=BS, baseline_start=0.0)
+    w.blocks = {b: (arms if b >= 12 else {"baseline": arms["baseline"]}) for b, arms in full.blocks.items()}
+    assert change.scan(w, "canary", 17, threshold=4.5, min_after=2) is None  # 5 blocks: too few
+    # the canary's blocks 12-16 alone, for comparison: also too few to scan
+    assert change.scan(_window(kc[12:], kb[12:]), "canary", 5, threshold=4.5, min_after=2) is None
+
+
+def test_a_restart_at_the_canarys_onset_keeps_the_baselines_blocks() -> None:
+    """After the scan finds the canary's change (the baseline steady), the restarted window's
+    canary starts at the split and its baseline keeps the blocks from the old window's start."""
+    seen: list[tuple[float, float | None, int, int]] = []
+    e = Engine()
+    cfg = SimConfig(rps=20, seed=5015, max_seconds=3 * 3600, fixed_weight=10.0)
+    orig = e._restart_window
+
+    def spy(st, start, *, keep_baseline=False):  # type: ignore[no-untyped-def]
+        old_base = sum(a["baseline"].n for a in st.window.blocks.values() if "baseline" in a)
+        orig(st, start, keep_baseline=keep_baseline)
+        w = st.window
+        canary_blocks = [b for b, a in w.blocks.items() if "canary" in a]
+        assert min(canary_blocks) >= w.start_block
+        new_base = sum(a["baseline"].n for a in w.blocks.values() if "baseline" in a)
+        seen.append((w.start, w.baseline_start, old_base, new_base))
+
+    e._restart_window = spy  # type: ignore[method-assign]
+    res = run(e, cfg, parse_injections(["refusal=x4", "cost=x1.3", "onset=15"]))
+    assert res.outcome == "halt" and res.halted_gate in ("errors", "cost")
+    assert seen, "the onset was not found"
+    start, base_start, old_base, new_base = seen[0]
+    assert start == cfg.start_ts + 15 * 60  # the onset's block
+    assert base_start == cfg.start_ts  # the old window's start: the rollout's first step
+    assert new_base == old_base  # every baseline request of the old window is kept

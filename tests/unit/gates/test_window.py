@@ -223,6 +223,36 @@ def test_feedback_goes_to_the_block_of_its_request_and_late_feedback_is_counted(
     assert w.blocks[100]["canary"].n == 0  # feedback is not a request
 
 
+def test_the_baselines_own_start_takes_its_late_requests_and_feedback() -> None:
+    """After a restart that kept the baseline's blocks (``baseline_start`` before ``start``), the
+    baseline's late requests and feedback in those blocks still count; the canary's are late."""
+    w = win.Window(start=START + 30.0, block_seconds=BLOCK, baseline_start=START)  # blocks 103 / 100
+    assert w.first_block("canary") == 103 and w.first_block("baseline") == 100
+    ts = np.array([START - 5, START + 5, START + 15, START + 35])
+    n = ts.size
+    z = np.zeros(n, np.int64)
+    cols = (np.full(n, 100.0), np.full(n, 10, np.int64), z, z, z, np.full(n, 0.001))
+    assert win.add_inference(w, "baseline", ts, *cols, keep_block_sketches=False) == 1  # before 100 only
+    assert win.add_inference(w, "canary", ts, *cols, keep_block_sketches=True) == 3
+    assert [b for b in sorted(w.blocks) if "baseline" in w.blocks[b]] == [100, 101, 103]
+    assert [b for b in sorted(w.blocks) if "canary" in w.blocks[b]] == [103]
+    # feedback of both arms in one batch: each arm is cut at its own first block
+    req_ts = np.array([START + 1, START + 12, START + 12, START + 31])
+    codes = np.array([0, 0, 1, 1], dtype=np.int64)
+    win.add_arms_feedback(w, ARMS, codes, req_ts, np.ones(4, np.int64))
+    assert w.blocks[100]["baseline"].fb == 1 and w.blocks[101]["baseline"].fb == 1
+    assert w.blocks[103]["canary"].fb == 1 and "canary" not in w.blocks[101]
+    assert w.late_feedback == 1
+    # without its own start the baseline is cut where the window starts, like every arm
+    plain = win.Window(start=START + 30.0, block_seconds=BLOCK)
+    assert plain.first_block("baseline") == 103
+    # a snapshot keeps the field; one written before it decodes with None
+    blob = msgspec.msgpack.encode(w)
+    assert msgspec.msgpack.decode(blob, type=win.Window).baseline_start == START
+    old = msgspec.msgpack.encode({"start": 1.0, "block_seconds": 60.0})
+    assert msgspec.msgpack.decode(old, type=win.Window).baseline_start is None
+
+
 def test_columns_are_in_time_order_with_zeros_for_missing_arms() -> None:
     w = win.Window(start=START, block_seconds=BLOCK)
     z = np.zeros(1, np.int64)
