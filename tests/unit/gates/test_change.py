@@ -90,17 +90,19 @@ def test_the_scan_says_whether_the_baseline_moved_at_the_split() -> None:
 
 
 def test_the_scan_reads_only_the_tested_arms_window() -> None:
-    """Baseline blocks kept from before a restart are not the tested arm's history: a window that
-    starts at block 12 with baseline-only blocks before it scans as the window of blocks 12 on."""
-    rng = np.random.default_rng(5)
-    kc = list(rng.binomial(120, 0.03, 12)) + list(rng.binomial(120, 0.12, 5))
-    kb = list(rng.binomial(1080, 0.03, 17))
+    """Baseline blocks kept from before a restart are not the tested arm's history: a window whose
+    canary starts at block 12, with baseline-only blocks 0-11 before it, scans as the window of
+    blocks 12 on. Counted as history, those blocks would make a split after three canary blocks
+    look like one with a long 'before'."""
+    kc = [4] * 12 + [3, 4, 3, 30, 31]  # the canary jumps at block 15
+    kb = [32] * 17
     full = _window(kc, kb)
     w = Window(start=12 * BS, block_seconds=BS, baseline_start=0.0)
     w.blocks = {b: (arms if b >= 12 else {"baseline": arms["baseline"]}) for b, arms in full.blocks.items()}
-    assert change.scan(w, "canary", 17, threshold=4.5, min_after=2) is None  # 5 blocks: too few
-    # the canary's blocks 12-16 alone, for comparison: also too few to scan
-    assert change.scan(_window(kc[12:], kb[12:]), "canary", 5, threshold=4.5, min_after=2) is None
+    # five blocks of the canary's own: fewer than MIN_BEFORE + min_after, so no verdict yet
+    assert change.scan(w, "canary", 17, threshold=4.5, min_after=2) is None
+    # the same blocks read as one window (every block the canary's) do show the jump
+    assert change.scan(full, "canary", 17, threshold=4.5, min_after=2) is not None
 
 
 def test_a_restart_at_the_canarys_onset_keeps_the_baselines_blocks() -> None:
