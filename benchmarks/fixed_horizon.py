@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from gates.change import _segment_stats
 from gates.events import InferenceEvent
 from gates.sim import SimConfig, Traffic, parse_injections
 
@@ -103,17 +104,11 @@ def blocks_of(case: Case, seed: int) -> dict[str, np.ndarray]:
 
 
 def _arm(c: np.ndarray, binary: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Cumulative mean and variance of the mean (cluster-robust, floored by i.i.d.) at each horizon."""
-    n, x, sq = (np.cumsum(c[:, i]) for i in range(3))
-    blocks = np.arange(1, c.shape[0] + 1, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = x / n
-        per_req = r * (1 - r) if binary else np.maximum(sq / n - r * r, 0.0)
-        v_iid = per_req / n
-        # sum_k (x_k - r n_k)^2 = sum x^2 - 2 r sum x n + r^2 sum n^2, at each horizon
-        xx, xn, nn = (np.cumsum(a) for a in (c[:, 1] ** 2, c[:, 1] * c[:, 0], c[:, 0] ** 2))
-        resid = np.maximum(xx - 2 * r * xn + r * r * nn, 0.0)
-        v_cl = np.where(blocks >= 2, blocks / np.maximum(blocks - 1, 1) * resid / (n * n), 0.0)
+    """Cumulative mean and variance of the mean at each horizon of 1..B blocks: the onset scan's
+    segment statistics (cluster-robust, floored by i.i.d.) of the blocks before each split, with an
+    empty block appended so that the last split is the whole run."""
+    pad = np.vstack((c, np.zeros((1, 3))))
+    r, v_cl, v_iid, *_ = _segment_stats(pad[:, 1], pad[:, 0], None if binary else pad[:, 2], binary)
     return r, np.maximum(v_cl, v_iid)
 
 
